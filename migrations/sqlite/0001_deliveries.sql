@@ -1,0 +1,27 @@
+-- Deliveries: the queue and each delivery's state. Times are Unix milliseconds (UTC).
+CREATE TABLE deliveries (
+    id              TEXT PRIMARY KEY,
+    route           TEXT NOT NULL,
+    dedup_key       TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    lease_until     INTEGER,
+    sending_since   INTEGER,
+    last_errcode    INTEGER,
+    last_errmsg     TEXT,
+    report_id       TEXT,
+    draft           TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX deliveries_created ON deliveries (created_at);
+
+-- Dedup keys seen within delivery.dedup_window.
+CREATE TABLE dedup (
+    key         TEXT PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX dedup_created ON dedup (created_at);

@@ -1,0 +1,131 @@
+//! The `check-config` and `render` commands: the same validation, parsing and mapping the
+//! server uses, run once from files, printing instead of sending.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+
+use crate::config::{ConfigError, Mode, Settings};
+use crate::dingtalk::{self, DingTalkClient};
+use crate::inbound::webhook::{Prepared, prepare};
+use crate::mapping::{Mapper, ReportDraft};
+use crate::metrics::Metrics;
+use crate::startup::check_templates;
+
+/// Loads and validates the configuration for `mode`, with the mapper's template checks.
+/// Every problem is listed, each naming its key path.
+pub fn load_checked(file: Option<&Path>, mode: Mode) -> Result<(Settings, Mapper), ConfigError> {
+    let settings = Settings::load(file)?;
+    let mut issues = settings.issues(mode);
+    match Mapper::new(&settings) {
+        Ok(mapper) if issues.is_empty() => return Ok((settings, mapper)),
+        Ok(_) => {}
+        Err(more) => issues.extend(more),
+    }
+    Err(ConfigError::Invalid(issues))
+}
+
+/// `check-config`: validates everything; with `online`, also resolves each route's template
+/// against DingTalk. Returns the summary to print.
+pub async fn check_config(file: Option<&Path>, online: bool, sandbox: bool) -> anyhow::Result<String> {
+    let mode = if sandbox { Mode::Sandbox } else { Mode::Production };
+    let (settings, _) = load_checked(file, mode)?;
+    if online {
+        let client = DingTalkClient::new(&settings.dingtalk, Metrics::new())
+            .map_err(|e| anyhow!("{e}"))?;
+        check_templates(&settings, &client).await?;
+    }
+    Ok(format!(
+        "configuration is valid: {} route(s), {} app(s){}",
+        settings.routes.len(),
+        settings.dingtalk.apps.len(),
+        if online { ", templates checked against DingTalk" } else { "" }
+    ))
+}
+
+/// What `render` found.
+#[derive(Debug)]
+pub enum Rendered {
+    /// The `{"create_report_param":…}` the webhook would produce.
+    Report(Value),
+    /// The route would answer 200 ignored.
+    Ignored(String),
+    /// The webhook would be rejected: status and error body.
+    Rejected(u16, Value),
+}
+
+/// `render`: what a webhook would become. Offline, a named template's `template_id` and
+/// `sort`s are shown as placeholders; `online` resolves them (fetching a token).
+pub async fn render(
+    file: Option<&Path>,
+    route: &str,
+    body: &[u8],
+    headers: &[String],
+    online: bool,
+) -> anyhow::Result<Rendered> {
+    let mode = if online { Mode::Production } else { Mode::Offline };
+    let (settings, mapper) = load_checked(file, mode)?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("-H {h:?}: expected 'Name: value'"))?;
+        let name = HeaderName::try_from(name.trim()).with_context(|| format!("-H {h:?}: bad header name"))?;
+        let value = HeaderValue::try_from(value.trim()).with_context(|| format!("-H {h:?}: bad header value"))?;
+        map.append(name, value);
+    }
+    let prepared = match prepare(&settings, &mapper, route, &map, body, chrono::Utc::now()) {
+        Ok(p) => p,
+        Err(e) => return Ok(Rendered::Rejected(e.status.as_u16(), e.body())),
+    };
+    let (draft, truncated) = match prepared {
+        Prepared::Ignored(reason) => return Ok(Rendered::Ignored(reason)),
+        Prepared::Report { draft, truncated, .. } => (draft, truncated),
+    };
+    if !truncated.is_empty() {
+        tracing::warn!(fields = ?truncated, "contents cut at 1000 characters");
+    }
+    let param = if let Some(template) = dingtalk::template_from_config(&draft.template) {
+        serde_json::to_value(dingtalk::create_param(&draft, &template)?)?
+    } else if online {
+        let client = DingTalkClient::new(&settings.dingtalk, Metrics::new())?;
+        let template = client
+            .resolve_template(&draft.app, &draft.template, &draft.author)
+            .await?;
+        serde_json::to_value(dingtalk::create_param(&draft, &template)?)?
+    } else {
+        unresolved_param(&draft)
+    };
+    Ok(Rendered::Report(json!({ "create_report_param": param })))
+}
+
+/// The param of a named template before lookup: id and sorts are placeholders.
+fn unresolved_param(draft: &ReportDraft) -> Value {
+    let name = draft.template.name.clone().unwrap_or_default();
+    let contents: Vec<Value> = draft
+        .contents
+        .iter()
+        .map(|c| {
+            json!({
+                "key": c.field, "sort": "<resolved at send time>", "type": 1,
+                "content_type": "markdown", "content": c.content
+            })
+        })
+        .collect();
+    let mut param = json!({
+        "template_id": format!("<resolved at send time: template {name:?}>"),
+        "userid": draft.author,
+        "dd_from": draft.dd_from,
+        "to_chat": draft.to_chat,
+        "contents": contents,
+    });
+    if !draft.to_userids.is_empty() {
+        param["to_userids"] = json!(draft.to_userids);
+    }
+    if !draft.to_cids.is_empty() {
+        param["to_cids"] = json!(draft.to_cids);
+    }
+    param
+}

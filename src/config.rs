@@ -1,0 +1,1010 @@
+//! Configuration: the typed settings of spec §4, how they are loaded (YAML files layered with
+//! `DINGTALK_RELAY__…` environment overrides through the `config` crate) and the cross-field
+//! validation that runs before anything starts. Nothing here does I/O beyond reading files and
+//! the environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The file read when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.yaml";
+/// Read after [`DEFAULT_CONFIG_FILE`] when present, for local overrides.
+pub const LOCAL_CONFIG_FILE: &str = "config/local.yaml";
+/// The prefix of environment overrides; levels are separated by `__`.
+pub const ENV_PREFIX: &str = "DINGTALK_RELAY";
+
+/// The names of the fields of the standard 日报 template, filled by the built-in templates.
+pub const STANDARD_FIELDS: [&str; 3] = ["今日完成工作", "未完成工作", "需协调工作"];
+
+/// A secret string (app secret, route secret, admin token). It never prints: `Debug` and
+/// `Display` show `[redacted]`, and it has no `Serialize`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that must send or compare it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Everything the relay is configured with (spec §4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listeners and request limits.
+    pub server: ServerSettings,
+    /// The DingTalk API and the apps whose tokens the relay holds.
+    pub dingtalk: DingTalkSettings,
+    /// Where accepted deliveries are kept.
+    pub store: StoreSettings,
+    /// Retry and dedup policy.
+    pub delivery: DeliverySettings,
+    /// IANA time zone in which times are rendered into reports.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// CI identities (login or e-mail, matched case-insensitively) → DingTalk userid.
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+    /// Webhook routes keyed by name: `POST /v1/hooks/{name}`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteSettings>,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// `server.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address of the webhook listener (`POST /v1/hooks/{route}` only).
+    pub listen: String,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/v1/deliveries…`).
+    pub admin_listen: String,
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// When set, `/v1/*` on the admin listener needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+    /// Longest time one HTTP request may take before it is answered 503/408.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// `dingtalk.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DingTalkSettings {
+    /// Base URL of the legacy API host.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Timeout of one DingTalk request (connect timeout is the smaller of this and 5 s).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A token is refreshed this long before its `expires_in` runs out.
+    #[serde(default = "default_refresh_margin", with = "humantime_serde")]
+    pub token_refresh_margin: Duration,
+    /// Most report/create calls per second per app (DingTalk's own limit is 20).
+    #[serde(default = "default_max_qps")]
+    pub max_qps: u32,
+    /// How long a resolved template (`template: {name}`) is cached.
+    #[serde(default = "default_template_ttl", with = "humantime_serde")]
+    pub template_cache_ttl: Duration,
+    /// DingTalk apps keyed by name; routes name the app they post with.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppSettings>,
+}
+
+/// `dingtalk.apps.<name>.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// The app's AppKey (Client ID).
+    pub app_key: String,
+    /// The app's AppSecret; normally from `DINGTALK_RELAY__DINGTALK__APPS__<NAME>__APP_SECRET`.
+    #[serde(default)]
+    pub app_secret: Option<Secret>,
+}
+
+/// `store.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite://PATH` (embedded default), `postgres://…` (several replicas) or `memory:`
+    /// (tests only: loses everything on restart).
+    pub url: String,
+    /// Most deliveries waiting in the queue; beyond it webhooks get 503 with `Retry-After`.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u64,
+}
+
+/// `delivery.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Attempts before a delivery is given up as `failed`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled each attempt, with jitter.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long a webhook's dedup key (and a finished delivery) is remembered.
+    #[serde(default = "default_dedup_window", with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Deliveries worked at the same time by this process.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+/// `log.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (human-readable) or `json` (one object per line).
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// Default filter, `RUST_LOG` syntax; the `RUST_LOG` variable wins when set.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            filter: default_log_filter(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which CI system posts to a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// The relay's own job_status / standup JSON.
+    Generic,
+    /// GitHub Actions.
+    Github,
+    /// GitLab CI.
+    Gitlab,
+    /// Gitea Actions.
+    Gitea,
+    /// Forgejo Actions.
+    Forgejo,
+    /// Jenkins Notification plugin.
+    Jenkins,
+    /// CircleCI.
+    Circleci,
+    /// Buildkite.
+    Buildkite,
+    /// Drone.
+    Drone,
+    /// Azure DevOps service hooks.
+    AzureDevops,
+    /// Bitbucket Cloud.
+    Bitbucket,
+}
+
+impl SourceKind {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Github => "github",
+            Self::Gitlab => "gitlab",
+            Self::Gitea => "gitea",
+            Self::Forgejo => "forgejo",
+            Self::Jenkins => "jenkins",
+            Self::Circleci => "circleci",
+            Self::Buildkite => "buildkite",
+            Self::Drone => "drone",
+            Self::AzureDevops => "azure-devops",
+            Self::Bitbucket => "bitbucket",
+        }
+    }
+}
+
+/// `routes.<name>.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Which CI system posts here.
+    pub source: SourceKind,
+    /// Bearer token / HMAC key the sender must present.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Accept unauthenticated webhooks on this route (refused without it when `secret` is unset).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Name of the app in `dingtalk.apps` that posts the report.
+    #[serde(default = "default_app")]
+    pub app: String,
+    /// The DingTalk report template.
+    pub template: TemplateSettings,
+    /// Report author userid, or `actor` for the event's mapped user.
+    pub author: String,
+    /// Receiver userids (a key of `users`, or `actor`, is mapped to its userid).
+    #[serde(default)]
+    pub to_userids: Vec<String>,
+    /// Receiver group ids (must be receiving groups of the template).
+    #[serde(default)]
+    pub to_cids: Vec<String>,
+    /// Also send a one-to-one chat message to the receivers.
+    #[serde(default)]
+    pub to_chat: bool,
+    /// Source tag DingTalk shows on the report.
+    #[serde(default = "default_dd_from")]
+    pub dd_from: String,
+    /// Lifecycle phases of job_status events that make reports: `queued`, `in_progress`,
+    /// `completed`. Standups are always reported.
+    #[serde(default = "default_events")]
+    pub events: Vec<String>,
+    /// When not empty, only these statuses make reports.
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    /// When not empty, only branches matching one of these globs make reports.
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// Template field name → minijinja template over the event. Omitted: built-in templates
+    /// for the standard 日报 fields.
+    #[serde(default)]
+    pub fields: Option<BTreeMap<String, String>>,
+}
+
+/// `routes.<name>.template.*`: either `name` (looked up with getbyname) or `id` + `fields`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSettings {
+    /// Template name, resolved with template/getbyname and cached.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Template id, used as is (needs `fields`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The template's fields, when given by `id`.
+    #[serde(default)]
+    pub fields: Option<Vec<TemplateFieldSettings>>,
+    /// Userid used for the getbyname lookup; defaults to the route's `author` (required when
+    /// `author` is `actor` and the template is given by name).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// One field of a template given by `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateFieldSettings {
+    /// The field's title (the `key` of a content).
+    pub name: String,
+    /// The field's sequence number in the template.
+    pub sort: i64,
+    /// The field's type; only 1 (text) can be filled.
+    #[serde(default = "default_field_type", rename = "type")]
+    pub kind: i64,
+}
+
+fn default_timezone() -> String {
+    "Asia/Shanghai".to_owned()
+}
+fn default_max_body_bytes() -> usize {
+    1_048_576
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(40)
+}
+fn default_base_url() -> String {
+    "https://oapi.dingtalk.com".to_owned()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_refresh_margin() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_qps() -> u32 {
+    15
+}
+fn default_template_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_queued() -> u64 {
+    100_000
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_filter() -> String {
+    "info".to_owned()
+}
+fn default_app() -> String {
+    "default".to_owned()
+}
+fn default_dd_from() -> String {
+    "dingtalk-relay".to_owned()
+}
+fn default_events() -> Vec<String> {
+    vec!["completed".to_owned()]
+}
+fn default_field_type() -> i64 {
+    1
+}
+
+/// Lifecycle phases a route's `events` may name.
+pub const PHASES: [&str; 3] = ["queued", "in_progress", "completed"];
+
+/// A configuration problem, naming the key path (`routes.ci.template: …`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `routes.ci.template`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file was unreadable, not YAML, or did not match the schema (unknown key, bad type).
+    #[error("configuration: {0}")]
+    Load(String),
+    /// The configuration loaded but is inconsistent; every problem is listed.
+    #[error("configuration is invalid:\n{}", .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// How the settings are being used; some checks depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A real deployment: app secrets are required, unauthenticated routes need `insecure`.
+    Production,
+    /// `serve --sandbox`: the built-in DingTalk stand-in; secrets may be absent.
+    Sandbox,
+    /// `render` and `check-config` without `--online`: nothing is sent, secrets may be absent.
+    Offline,
+}
+
+impl Settings {
+    /// Loads `file` (or the default files), then the environment, without validating.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Load(format!(
+                        "{}: file not found",
+                        path.display()
+                    )));
+                }
+                builder = builder.add_source(yaml_file(path));
+            }
+            None => {
+                let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+                if !default.exists() {
+                    return Err(ConfigError::Load(format!(
+                        "{DEFAULT_CONFIG_FILE}: file not found (run from the repository root or pass --config FILE)"
+                    )));
+                }
+                builder = builder
+                    .add_source(yaml_file(&default))
+                    .add_source(yaml_file(Path::new(LOCAL_CONFIG_FILE)).required(false));
+            }
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        raw.try_deserialize::<Settings>()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// Parses settings from a YAML string (tests and `check-config` use files; this is for
+    /// building settings in code).
+    pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(yaml, config::FileFormat::Yaml))
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>())
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// Every cross-field problem, each naming its key path. Empty means valid.
+    pub fn issues(&self, mode: Mode) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        let mut push = |path: String, message: String| issues.push(ConfigIssue { path, message });
+
+        for (key, value) in [
+            ("server.listen", &self.server.listen),
+            ("server.admin_listen", &self.server.admin_listen),
+        ] {
+            if value.parse::<SocketAddr>().is_err() {
+                push(
+                    key.to_owned(),
+                    format!("{value:?} is not an address like 0.0.0.0:8080"),
+                );
+            }
+        }
+        if self.server.listen == self.server.admin_listen && !self.server.listen.ends_with(":0") {
+            push(
+                "server.admin_listen".to_owned(),
+                "must differ from server.listen".to_owned(),
+            );
+        }
+        if self.server.max_body_bytes == 0 {
+            push(
+                "server.max_body_bytes".to_owned(),
+                "must be greater than 0".to_owned(),
+            );
+        }
+        if let Some(token) = &self.server.admin_token
+            && token.expose().is_empty()
+        {
+            push(
+                "server.admin_token".to_owned(),
+                "is empty; leave it out or set a token".to_owned(),
+            );
+        }
+        if !(self.dingtalk.base_url.starts_with("http://")
+            || self.dingtalk.base_url.starts_with("https://"))
+            || reqwest::Url::parse(&self.dingtalk.base_url).is_err()
+        {
+            push(
+                "dingtalk.base_url".to_owned(),
+                format!("{:?} is not an http(s) URL", self.dingtalk.base_url),
+            );
+        }
+        if self.dingtalk.timeout.is_zero() {
+            push(
+                "dingtalk.timeout".to_owned(),
+                "must be greater than 0".to_owned(),
+            );
+        }
+        if self.dingtalk.max_qps == 0 {
+            push(
+                "dingtalk.max_qps".to_owned(),
+                "must be at least 1".to_owned(),
+            );
+        } else if self.dingtalk.max_qps > 20 {
+            push(
+                "dingtalk.max_qps".to_owned(),
+                "DingTalk allows at most 20 calls per second per app; set 20 or less".to_owned(),
+            );
+        }
+        for (name, app) in &self.dingtalk.apps {
+            let path = format!("dingtalk.apps.{name}");
+            check_name(&path, name, &mut push);
+            if app.app_key.trim().is_empty() {
+                push(format!("{path}.app_key"), "is empty".to_owned());
+            }
+            let missing = app.app_secret.as_ref().is_none_or(|s| s.expose().is_empty());
+            if mode == Mode::Production && missing {
+                push(
+                    format!("{path}.app_secret"),
+                    format!(
+                        "is not set (set {ENV_PREFIX}__DINGTALK__APPS__{}__APP_SECRET)",
+                        name.to_uppercase()
+                    ),
+                );
+            }
+        }
+        if let Err(message) = store_kind(&self.store.url) {
+            push("store.url".to_owned(), message);
+        }
+        if self.store.max_queued == 0 {
+            push(
+                "store.max_queued".to_owned(),
+                "must be at least 1".to_owned(),
+            );
+        }
+        let d = &self.delivery;
+        if d.max_attempts == 0 {
+            push(
+                "delivery.max_attempts".to_owned(),
+                "must be at least 1".to_owned(),
+            );
+        }
+        if d.initial_backoff.is_zero() {
+            push(
+                "delivery.initial_backoff".to_owned(),
+                "must be greater than 0".to_owned(),
+            );
+        }
+        if d.max_backoff < d.initial_backoff {
+            push(
+                "delivery.max_backoff".to_owned(),
+                "must not be shorter than delivery.initial_backoff".to_owned(),
+            );
+        }
+        if d.dedup_window.is_zero() {
+            push(
+                "delivery.dedup_window".to_owned(),
+                "must be greater than 0".to_owned(),
+            );
+        }
+        if d.concurrency == 0 {
+            push(
+                "delivery.concurrency".to_owned(),
+                "must be at least 1".to_owned(),
+            );
+        }
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            push(
+                "timezone".to_owned(),
+                format!(
+                    "{:?} is not an IANA time zone such as Asia/Shanghai",
+                    self.timezone
+                ),
+            );
+        }
+        for (login, userid) in &self.users {
+            if userid.trim().is_empty() {
+                push(format!("users.{login}"), "userid is empty".to_owned());
+            }
+        }
+        if self.routes.is_empty() {
+            push(
+                "routes".to_owned(),
+                "no route is configured; add at least one under routes:".to_owned(),
+            );
+        }
+        for (name, route) in &self.routes {
+            self.route_issues(name, route, mode, &mut push);
+        }
+        issues
+    }
+
+    fn route_issues(
+        &self,
+        name: &str,
+        route: &RouteSettings,
+        mode: Mode,
+        push: &mut impl FnMut(String, String),
+    ) {
+        let path = format!("routes.{name}");
+        check_name(&path, name, push);
+        if route.source != SourceKind::Generic {
+            push(
+                format!("{path}.source"),
+                format!(
+                    "source {:?} is not supported yet; use generic",
+                    route.source.as_str()
+                ),
+            );
+        }
+        match &route.secret {
+            Some(secret) if secret.expose().is_empty() => {
+                push(
+                    format!("{path}.secret"),
+                    "is empty; leave it out with insecure: true, or set a secret".to_owned(),
+                );
+            }
+            None if !route.insecure && mode == Mode::Production => push(
+                format!("{path}.secret"),
+                format!(
+                    "is not set: anyone could post to this route; set it (e.g. {ENV_PREFIX}__ROUTES__{}__SECRET) or say insecure: true",
+                    name.to_uppercase()
+                ),
+            ),
+            _ => {}
+        }
+        if !self.dingtalk.apps.contains_key(&route.app) {
+            push(
+                format!("{path}.app"),
+                format!(
+                    "{:?} is not an app under dingtalk.apps (known: {})",
+                    route.app,
+                    join_keys(self.dingtalk.apps.keys())
+                ),
+            );
+        }
+        if route.author.trim().is_empty() {
+            push(
+                format!("{path}.author"),
+                "is empty; give a userid or \"actor\"".to_owned(),
+            );
+        }
+        if route.dd_from.trim().is_empty() {
+            push(format!("{path}.dd_from"), "is empty".to_owned());
+        }
+        let t = &route.template;
+        match (&t.name, &t.id) {
+            (Some(_), Some(_)) => push(
+                format!("{path}.template"),
+                "give either name or id, not both".to_owned(),
+            ),
+            (None, None) => push(
+                format!("{path}.template"),
+                "give name (looked up in DingTalk) or id with fields".to_owned(),
+            ),
+            (Some(n), None) => {
+                if n.trim().is_empty() {
+                    push(format!("{path}.template.name"), "is empty".to_owned());
+                }
+                if t.fields.is_some() {
+                    push(
+                        format!("{path}.template.fields"),
+                        "only with template.id; a named template's fields come from DingTalk"
+                            .to_owned(),
+                    );
+                }
+                if route.author == "actor" && t.owner.is_none() {
+                    push(
+                        format!("{path}.template.owner"),
+                        "is required when author is \"actor\": the userid used to look the template up".to_owned(),
+                    );
+                }
+            }
+            (None, Some(id)) => {
+                if id.trim().is_empty() {
+                    push(format!("{path}.template.id"), "is empty".to_owned());
+                }
+                match &t.fields {
+                    None => push(
+                        format!("{path}.template.fields"),
+                        "is required with template.id: list the template's fields as {name, sort}"
+                            .to_owned(),
+                    ),
+                    Some(fields) => {
+                        let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                        match &route.fields {
+                            Some(mapped) => {
+                                for key in mapped.keys() {
+                                    match fields.iter().find(|f| &f.name == key) {
+                                        None => push(
+                                            format!("{path}.fields.{key}"),
+                                            format!(
+                                                "is not a field of the template (fields: {})",
+                                                names.join(", ")
+                                            ),
+                                        ),
+                                        Some(f) if f.kind != 1 => push(
+                                            format!("{path}.fields.{key}"),
+                                            format!(
+                                                "template field has type {}; only text fields (type 1) can be filled",
+                                                f.kind
+                                            ),
+                                        ),
+                                        Some(_) => {}
+                                    }
+                                }
+                            }
+                            None => {
+                                if let Some(missing) =
+                                    STANDARD_FIELDS.iter().find(|s| !names.contains(s))
+                                {
+                                    push(
+                                        format!("{path}.fields"),
+                                        format!(
+                                            "is required: the template lacks the standard 日报 field {missing} that the built-in templates fill"
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(fields) = &route.fields {
+            if fields.is_empty() {
+                push(
+                    format!("{path}.fields"),
+                    "is empty; leave it out for the built-in templates".to_owned(),
+                );
+            }
+        }
+        for (i, event) in route.events.iter().enumerate() {
+            if !PHASES.contains(&event.as_str()) {
+                push(
+                    format!("{path}.events[{i}]"),
+                    format!("{event:?} is not one of {}", PHASES.join(", ")),
+                );
+            }
+        }
+        for (i, status) in route.statuses.iter().enumerate() {
+            if status.trim().is_empty() {
+                push(format!("{path}.statuses[{i}]"), "is empty".to_owned());
+            }
+        }
+        for (i, glob) in route.branches.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(glob) {
+                push(
+                    format!("{path}.branches[{i}]"),
+                    format!("{glob:?} is not a valid glob: {e}"),
+                );
+            }
+        }
+        let _ = mode;
+    }
+
+    /// Validates for `mode`, turning the issues into one error.
+    pub fn validate(&self, mode: Mode) -> Result<(), ConfigError> {
+        let issues = self.issues(mode);
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+
+    /// The webhook listener address (validated).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("server.listen", &self.server.listen)
+    }
+
+    /// The admin listener address (validated).
+    pub fn admin_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("server.admin_listen", &self.server.admin_listen)
+    }
+
+    /// The configured time zone (Asia/Shanghai when it does not parse; validation reports it).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+    }
+}
+
+fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::Invalid(vec![ConfigIssue {
+            path: path.to_owned(),
+            message: format!("{value:?} is not an address"),
+        }])
+    })
+}
+
+fn yaml_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(path).format(config::FileFormat::Yaml)
+}
+
+fn join_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let keys: Vec<&str> = keys.map(String::as_str).collect();
+    if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.join(", ")
+    }
+}
+
+/// Route and app names are lower-case so that environment overrides reach them.
+fn check_name(path: &str, name: &str, push: &mut impl FnMut(String, String)) {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        push(
+            path.to_owned(),
+            "names must be lower-case letters, digits, '-' or '_'".to_owned(),
+        );
+    }
+}
+
+/// The kinds of store a `store.url` can select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `memory:`
+    Memory,
+    /// `sqlite://PATH`
+    Sqlite(String),
+    /// `postgres://…` or `postgresql://…`
+    Postgres(String),
+}
+
+/// Parses `store.url`.
+pub fn store_kind(url: &str) -> Result<StoreKind, String> {
+    if url == "memory:" || url == "memory" {
+        Ok(StoreKind::Memory)
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            Err("sqlite:// needs a path, e.g. sqlite://data/relay.db".to_owned())
+        } else {
+            Ok(StoreKind::Sqlite(path.to_owned()))
+        }
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(StoreKind::Postgres(url.to_owned()))
+    } else {
+        Err(
+            "must start with sqlite://, postgres:// or be memory: (e.g. sqlite://data/relay.db)"
+                .to_owned(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+server: {listen: "127.0.0.1:8080", admin_listen: "127.0.0.1:8081"}
+dingtalk:
+  apps:
+    default: {app_key: "k"}
+store: {url: "memory:"}
+delivery: {}
+routes:
+  ci:
+    source: generic
+    secret: "s3cret"
+    template: {name: "日报"}
+    author: "manager01"
+"#;
+
+    fn settings(extra: &str) -> Settings {
+        Settings::from_yaml(&format!("{BASE}{extra}")).expect("test yaml parses")
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = settings("");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Settings::from_yaml(&format!("{BASE}\nbogus: 1\n")).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = Settings::from_yaml(&BASE.replace("author:", "autor: x\n    author:")).unwrap_err();
+        assert!(err.to_string().contains("autor"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        let s = Settings::from_yaml(&BASE.replace(
+            "delivery: {}",
+            "delivery: {initial_backoff: 30s, max_backoff: 5m, dedup_window: 2h}",
+        ))
+        .unwrap();
+        assert_eq!(s.delivery.initial_backoff, Duration::from_secs(30));
+        assert_eq!(s.delivery.max_backoff, Duration::from_secs(300));
+        assert_eq!(s.delivery.dedup_window, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn cross_field_issues_name_the_key_path() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("app", "    app: other\n", "routes.ci.app"),
+            ("both", "", "routes.ci.template"),
+            ("events", "    events: [finished]\n", "routes.ci.events[0]"),
+            ("glob", "    branches: [\"[\"]\n", "routes.ci.branches[0]"),
+        ];
+        for (label, extra, path) in cases {
+            let yaml = if *label == "both" {
+                BASE.replace("{name: \"日报\"}", "{name: \"日报\", id: \"x\"}")
+            } else {
+                format!("{BASE}{extra}")
+            };
+            let s = Settings::from_yaml(&yaml).unwrap();
+            let issues = s.issues(Mode::Offline);
+            assert!(
+                issues.iter().any(|i| i.path == *path),
+                "{label}: {issues:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn production_requires_app_secret_and_route_secret() {
+        let s = Settings::from_yaml(&BASE.replace("    secret: \"s3cret\"\n", "")).unwrap();
+        let issues = s.issues(Mode::Production);
+        assert!(issues.iter().any(|i| i.path == "dingtalk.apps.default.app_secret"));
+        assert!(issues.iter().any(|i| i.path == "routes.ci.secret"));
+        assert!(s.issues(Mode::Sandbox).is_empty(), "{:?}", s.issues(Mode::Sandbox));
+    }
+
+    #[test]
+    fn id_templates_check_mapped_fields() {
+        let yaml = BASE.replace(
+            "{name: \"日报\"}",
+            "{id: \"t1\", fields: [{name: \"A\", sort: 0}, {name: \"B\", sort: 1, type: 5}]}",
+        ) + "    fields: {A: \"x\", B: \"y\", C: \"z\"}\n";
+        let s = Settings::from_yaml(&yaml).unwrap();
+        let issues = s.issues(Mode::Offline);
+        assert!(issues.iter().any(|i| i.path == "routes.ci.fields.C"), "{issues:?}");
+        assert!(issues.iter().any(|i| i.path == "routes.ci.fields.B"), "{issues:?}");
+        assert!(!issues.iter().any(|i| i.path == "routes.ci.fields.A"));
+    }
+
+    #[test]
+    fn env_overrides_reach_nested_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, BASE).unwrap();
+        let env = vec![
+            (
+                "DINGTALK_RELAY__DINGTALK__APPS__DEFAULT__APP_SECRET".to_owned(),
+                "from-env".to_owned(),
+            ),
+            ("DINGTALK_RELAY__DINGTALK__MAX_QPS".to_owned(), "7".to_owned()),
+            ("DINGTALK_RELAY__ROUTES__CI__SECRET".to_owned(), "12345".to_owned()),
+        ];
+        let s = Settings::load_with_env(Some(&file), env).unwrap();
+        assert_eq!(
+            s.dingtalk.apps["default"].app_secret.as_ref().unwrap().expose(),
+            "from-env"
+        );
+        assert_eq!(s.dingtalk.max_qps, 7);
+        assert_eq!(s.routes["ci"].secret.as_ref().unwrap().expose(), "12345");
+    }
+}

@@ -1,0 +1,428 @@
+//! Delivery: the workers that take due deliveries from the [`Store`], create their reports
+//! through the [`DingTalkClient`], and record the outcome — delivered, retried with
+//! exponential backoff and jitter, or failed. A create whose answer was lost is reconciled with
+//! report/list before anything is resent. Waiters (`?wait=`) are told of final outcomes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeliverySettings;
+use crate::dingtalk::{self, DingTalkClient, Disposition, Reconciliation};
+use crate::metrics::Metrics;
+use crate::store::{Delivery, LastError, State, Store};
+
+/// A final outcome, for `?wait=` callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Created: the report id.
+    Delivered(String),
+    /// Given up: the last error.
+    Failed(LastError),
+}
+
+/// Wakes the workers and tells waiters about outcomes. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct DeliveryHandle {
+    wake: Arc<Notify>,
+    waiters: Arc<Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>>,
+}
+
+impl DeliveryHandle {
+    /// A new handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tells the workers a delivery was queued.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Registers interest in `id`'s final outcome (call before checking the store, so nothing
+    /// is missed in between).
+    pub fn subscribe(&self, id: &str) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().entry(id.to_owned()).or_default().push(tx);
+        rx
+    }
+
+    /// Forgets waiters of `id` that gave up.
+    pub fn unsubscribe(&self, id: &str) {
+        let mut waiters = self.lock();
+        if let Some(list) = waiters.get_mut(id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(id);
+            }
+        }
+    }
+
+    fn publish(&self, id: &str, outcome: &Outcome) {
+        let senders = self.lock().remove(id).unwrap_or_default();
+        for tx in senders {
+            let _ = tx.send(outcome.clone());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Outcome>>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The outcome a stored delivery already has, if final.
+pub fn final_outcome(delivery: &Delivery) -> Option<Outcome> {
+    match delivery.state {
+        State::Delivered => Some(Outcome::Delivered(
+            delivery.report_id.clone().unwrap_or_default(),
+        )),
+        State::Failed => Some(Outcome::Failed(delivery.last_error.clone().unwrap_or(
+            LastError {
+                errcode: None,
+                errmsg: "failed".to_owned(),
+            },
+        ))),
+        _ => None,
+    }
+}
+
+/// Everything a worker needs.
+#[derive(Clone)]
+pub struct Worker {
+    /// The queue.
+    pub store: Arc<dyn Store>,
+    /// DingTalk.
+    pub client: DingTalkClient,
+    /// Series to update.
+    pub metrics: Metrics,
+    /// Retry policy and concurrency.
+    pub settings: DeliverySettings,
+    /// Wake-ups and waiters.
+    pub handle: DeliveryHandle,
+    /// How long a claimed delivery is held before another worker may take it.
+    pub lease: Duration,
+}
+
+/// How often the queue is checked when nothing wakes the workers (other replicas' work,
+/// retries coming due).
+const POLL: Duration = Duration::from_secs(1);
+/// How often delivered rows and old dedup keys are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+impl Worker {
+    /// Runs until `cancel` fires, then stops claiming, lets in-flight deliveries finish (each
+    /// is bounded by the DingTalk timeout) and returns.
+    pub async fn run(self, cancel: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut next_prune = tokio::time::Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune += PRUNE_EVERY;
+                self.prune().await;
+            }
+            let free = permits.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                match self.store.claim(Utc::now(), free, self.lease).await {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming deliveries failed");
+                        Vec::new()
+                    }
+                }
+            };
+            let idle = claimed.is_empty();
+            for delivery in claimed {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let worker = self.clone();
+                let cancel = cancel.clone();
+                tasks.spawn(async move {
+                    worker.deliver(delivery, &cancel).await;
+                    drop(permit);
+                });
+            }
+            if idle || permits.available_permits() == 0 {
+                let wait = self.idle_wait().await;
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = self.handle.wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "delivery workers stopping");
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn idle_wait(&self) -> Duration {
+        match self.store.next_due().await {
+            Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or_default().min(POLL),
+            _ => POLL,
+        }
+    }
+
+    async fn prune(&self) {
+        let window = chrono::Duration::from_std(self.settings.dedup_window)
+            .unwrap_or(chrono::Duration::MAX);
+        let before = Utc::now().checked_sub_signed(window).unwrap_or_default();
+        match self.store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned finished deliveries and old dedup keys"),
+            Err(e) => tracing::warn!(error = %e, "pruning failed"),
+        }
+    }
+
+    /// Works one claimed delivery to its next state.
+    #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, route = %delivery.route, attempt = delivery.attempts))]
+    async fn deliver(&self, delivery: Delivery, cancel: &CancellationToken) {
+        if cancel.is_cancelled() {
+            self.release(&delivery).await;
+            return;
+        }
+        let draft = &delivery.draft;
+        let template = match self
+            .client
+            .resolve_template(&draft.app, &draft.template, &draft.author)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return self.settle(&delivery, e, None).await,
+        };
+        let param = match dingtalk::create_param(draft, &template) {
+            Ok(p) => p,
+            Err(e) => return self.settle(&delivery, e, None).await,
+        };
+        if let Some(since) = delivery.sending_since {
+            // A previous attempt may have created the report: look before sending again.
+            match self.reconcile(&delivery, &template.name, &param, since).await {
+                Some(Reconciliation::Found(report_id)) => {
+                    tracing::info!(report_id, "report found by reconciliation; not resending");
+                    return self.delivered(&delivery, &report_id).await;
+                }
+                Some(Reconciliation::Absent) => {}
+                None => return,
+            }
+        }
+        let started = Utc::now();
+        if let Err(e) = self.store.mark_sending(&delivery.id, started).await {
+            tracing::error!(error = %e, "could not record the attempt; trying later");
+            self.release(&delivery).await;
+            return;
+        }
+        match self.client.create_report(&draft.app, &param).await {
+            Ok(report_id) => self.delivered(&delivery, &report_id).await,
+            Err(e) => self.settle(&delivery, e, Some(started)).await,
+        }
+    }
+
+    /// Asks report/list whether the report exists. `None`: undecidable, and the delivery has
+    /// been marked failed as `ambiguous`.
+    async fn reconcile(
+        &self,
+        delivery: &Delivery,
+        template_name: &str,
+        param: &dingtalk::CreateReportParam,
+        since: DateTime<Utc>,
+    ) -> Option<Reconciliation> {
+        // DingTalk's clock and ours differ a little; look a minute further back.
+        let since_ms = since.timestamp_millis() - 60_000;
+        let name = (!template_name.is_empty()).then_some(template_name);
+        match self
+            .client
+            .find_report(&delivery.draft.app, name.unwrap_or_default(), param, since_ms)
+            .await
+        {
+            Ok(found) => Some(found),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the report was created");
+                self.count(delivery, "ambiguous");
+                let error = LastError {
+                    errcode: e.code(),
+                    errmsg: format!(
+                        "ambiguous: a create request may have reached DingTalk and report/list could not tell ({e}); check the author's reports, then retry or leave it"
+                    ),
+                };
+                self.failed(delivery, error).await;
+                None
+            }
+        }
+    }
+
+    async fn delivered(&self, delivery: &Delivery, report_id: &str) {
+        let now = Utc::now();
+        if let Err(e) = self
+            .store
+            .mark_delivered(&delivery.id, report_id, now)
+            .await
+        {
+            // The report exists; the row still says sending, so a retry will reconcile
+            // rather than duplicate.
+            tracing::error!(error = %e, report_id, "report created but not recorded");
+            return;
+        }
+        self.count(delivery, "delivered");
+        let latency = (now - delivery.created_at).to_std().unwrap_or_default();
+        self.metrics.delivery_latency.observe(latency.as_secs_f64());
+        tracing::info!(report_id, "report created");
+        self.handle
+            .publish(&delivery.id, &Outcome::Delivered(report_id.to_owned()));
+    }
+
+    /// Decides what an error means for the delivery: retry later, reconcile, or give up.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        error: dingtalk::Error,
+        sent_at: Option<DateTime<Utc>>,
+    ) {
+        let last = LastError {
+            errcode: error.code(),
+            errmsg: error.message(),
+        };
+        match error.disposition(false) {
+            Disposition::Retry if delivery.attempts < self.settings.max_attempts => {
+                let wait = self.backoff(delivery.attempts, error.min_backoff());
+                self.retry_later(delivery, &last, wait, None).await;
+            }
+            Disposition::Retry => {
+                let last = LastError {
+                    errmsg: format!(
+                        "gave up after {} attempts: {}",
+                        delivery.attempts, last.errmsg
+                    ),
+                    ..last
+                };
+                self.failed(delivery, last).await;
+            }
+            Disposition::Ambiguous => {
+                // Do not resend now: the next attempt first asks report/list, after a pause
+                // long enough for a slow create to land.
+                self.count(delivery, "ambiguous");
+                let last = LastError {
+                    errmsg: format!("ambiguous: {}", last.errmsg),
+                    ..last
+                };
+                let wait = self.backoff(delivery.attempts, Some(Duration::from_secs(2)));
+                self.retry_later(delivery, &last, wait, sent_at).await;
+            }
+            // The client already refreshed the token and retried once.
+            Disposition::RefreshToken | Disposition::Permanent => {
+                self.failed(delivery, last).await;
+            }
+        }
+    }
+
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        last: &LastError,
+        wait: Duration,
+        sending_since: Option<DateTime<Utc>>,
+    ) {
+        let now = Utc::now();
+        let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        tracing::warn!(error = %last.errmsg, errcode = ?last.errcode, retry_in = ?wait, "delivery failed; will retry");
+        self.count(delivery, "retried");
+        if let Err(e) = self
+            .store
+            .schedule_retry(&delivery.id, at, last, sending_since, now)
+            .await
+        {
+            tracing::error!(error = %e, "could not schedule the retry; the lease will expire and it will be retried");
+        }
+    }
+
+    async fn failed(&self, delivery: &Delivery, last: LastError) {
+        tracing::error!(error = %last.errmsg, errcode = ?last.errcode, "delivery failed for good");
+        self.count(delivery, "failed");
+        if let Err(e) = self
+            .store
+            .mark_failed(&delivery.id, &last, Utc::now())
+            .await
+        {
+            tracing::error!(error = %e, "could not record the failure");
+        }
+        self.handle.publish(&delivery.id, &Outcome::Failed(last));
+    }
+
+    async fn release(&self, delivery: &Delivery) {
+        if let Err(e) = self.store.release(&delivery.id, Utc::now()).await {
+            tracing::warn!(error = %e, "could not release the delivery; its lease will expire");
+        }
+    }
+
+    fn count(&self, delivery: &Delivery, outcome: &str) {
+        self.metrics
+            .deliveries
+            .with_label_values(&[delivery.route.as_str(), outcome])
+            .inc();
+    }
+
+    /// `initial_backoff × 2^(attempt−1)`, capped at `max_backoff`, with ±20 % jitter, and at
+    /// least what DingTalk asked for.
+    fn backoff(&self, attempt: u32, at_least: Option<Duration>) -> Duration {
+        backoff(
+            self.settings.initial_backoff,
+            self.settings.max_backoff,
+            attempt,
+            at_least,
+            rand::rng().random_range(0.8..=1.2),
+        )
+    }
+}
+
+/// The backoff schedule, with the jitter factor given (pure, for tests).
+pub fn backoff(
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+    at_least: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let base = initial.saturating_mul(1u32 << exponent).min(max);
+    let jittered = base.mul_f64(jitter.clamp(0.0, 2.0)).min(max);
+    jittered.max(at_least.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = Duration::from_secs;
+        let cases = [
+            (1, None, 1.0, s(1)),
+            (2, None, 1.0, s(2)),
+            (5, None, 1.0, s(16)),
+            (20, None, 1.0, s(600)),
+            (20, None, 1.2, s(600)),
+            (3, None, 0.8, Duration::from_millis(3200)),
+            (1, Some(s(300)), 1.0, s(300)),
+            (0, None, 1.0, s(1)),
+        ];
+        for (attempt, at_least, jitter, expected) in cases {
+            assert_eq!(
+                backoff(s(1), s(600), attempt, at_least, jitter),
+                expected,
+                "attempt {attempt}"
+            );
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! [`DingTalkClient`]: gettoken (cached, single-flight), report/create (rate-limited per app),
+//! template/getbyname (cached) and report/list, each measured and classified.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::error::{Disposition, Error, check_body};
+use super::model::{
+    CreateReportParam, CreateReportRequest, GetByNameResult, ListResult, ListedReport,
+    ResolvedTemplate, TokenAnswer,
+};
+use super::ratelimit::RateLimiter;
+use super::token::{Token, TokenCache};
+use super::{Result, api, template_from_config};
+use crate::config::{DingTalkSettings, Secret, TemplateSettings};
+use crate::metrics::Metrics;
+
+struct App {
+    app_key: String,
+    app_secret: Option<Secret>,
+    limiter: RateLimiter,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: String,
+    apps: HashMap<String, App>,
+    tokens: TokenCache,
+    templates: Cache<(String, String, String), ResolvedTemplate>,
+    margin: Duration,
+    metrics: Metrics,
+}
+
+/// The DingTalk API client. Cheap to clone.
+#[derive(Clone)]
+pub struct DingTalkClient {
+    inner: Arc<Inner>,
+}
+
+/// What report/list says about a create whose answer was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciliation {
+    /// The report exists: its id.
+    Found(String),
+    /// Certainly not created.
+    Absent,
+}
+
+impl DingTalkClient {
+    /// A client for `settings.base_url` and its apps.
+    pub fn new(settings: &DingTalkSettings, metrics: Metrics) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("dingtalk-relay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let apps = settings
+            .apps
+            .iter()
+            .map(|(name, app)| {
+                (
+                    name.clone(),
+                    App {
+                        app_key: app.app_key.clone(),
+                        app_secret: app.app_secret.clone(),
+                        limiter: RateLimiter::new(settings.max_qps),
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url: settings.base_url.trim_end_matches('/').to_owned(),
+                apps,
+                tokens: TokenCache::new(),
+                templates: Cache::builder()
+                    .max_capacity(1024)
+                    .time_to_live(settings.template_cache_ttl)
+                    .build(),
+                margin: settings.token_refresh_margin,
+                metrics,
+            }),
+        })
+    }
+
+    /// Creates a report and returns its id. Token errors refresh the token and retry once.
+    pub async fn create_report(&self, app: &str, param: &CreateReportParam) -> Result<String> {
+        let body = serde_json::to_value(CreateReportRequest {
+            create_report_param: param.clone(),
+        })
+        .map_err(|e| Error::Config(format!("report body: {e}")))?;
+        let limiter = &self.app(app)?.limiter;
+        let answer = self
+            .call_with_token(app, api::REPORT_CREATE, "/topapi/report/create", &body, || {
+                limiter.acquire()
+            })
+            .await?;
+        match answer.get("result") {
+            Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            _ => Err(Error::InvalidBody {
+                api: api::REPORT_CREATE,
+                detail: "errcode 0 but no report id in result".to_owned(),
+                ip_banned: false,
+            }),
+        }
+    }
+
+    /// The template for a route: from the configuration when given by id, else looked up by
+    /// name with getbyname as `owner` (cached for `template_cache_ttl`).
+    pub async fn resolve_template(
+        &self,
+        app: &str,
+        template: &TemplateSettings,
+        owner: &str,
+    ) -> Result<ResolvedTemplate> {
+        if let Some(resolved) = template_from_config(template) {
+            return Ok(resolved);
+        }
+        let Some(name) = template.name.clone() else {
+            return Err(Error::Config(
+                "template has neither name nor id+fields".to_owned(),
+            ));
+        };
+        let owner = template.owner.clone().unwrap_or_else(|| owner.to_owned());
+        let key = (app.to_owned(), name.clone(), owner.clone());
+        self.inner
+            .templates
+            .try_get_with(key, self.fetch_template(app, name, owner))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    async fn fetch_template(
+        &self,
+        app: &str,
+        name: String,
+        owner: String,
+    ) -> Result<ResolvedTemplate> {
+        let body = json!({"template_name": name, "userid": owner});
+        let answer = self
+            .call_with_token(
+                app,
+                api::TEMPLATE_GETBYNAME,
+                "/topapi/report/template/getbyname",
+                &body,
+                || async {},
+            )
+            .await?;
+        let result: GetByNameResult = answer
+            .get("result")
+            .cloned()
+            .ok_or_else(|| "no result".to_owned())
+            .and_then(|r| serde_json::from_value(r).map_err(|e| e.to_string()))
+            .map_err(|detail| Error::InvalidBody {
+                api: api::TEMPLATE_GETBYNAME,
+                detail,
+                ip_banned: false,
+            })?;
+        Ok(ResolvedTemplate {
+            id: result.id,
+            name: if result.name.is_empty() {
+                name
+            } else {
+                result.name
+            },
+            fields: result.fields,
+        })
+    }
+
+    /// Looks for a report created by `userid` since `since_ms` with this template and
+    /// contents (report/list, paged). Used when a create's answer was lost.
+    pub async fn find_report(
+        &self,
+        app: &str,
+        template_name: &str,
+        param: &CreateReportParam,
+        since_ms: i64,
+    ) -> Result<Reconciliation> {
+        let until_ms = chrono::Utc::now().timestamp_millis() + 60_000;
+        let mut cursor = 0i64;
+        // A bounded walk: a person rarely writes hundreds of reports in minutes.
+        for _ in 0..50 {
+            let body = json!({
+                "start_time": since_ms, "end_time": until_ms, "template_name": template_name,
+                "userid": param.userid, "cursor": cursor, "size": 20
+            });
+            let answer = self
+                .call_with_token(
+                    app,
+                    api::REPORT_LIST,
+                    "/topapi/report/list",
+                    &body,
+                    || async {},
+                )
+                .await?;
+            let page: ListResult = answer
+                .get("result")
+                .cloned()
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| Error::InvalidBody {
+                    api: api::REPORT_LIST,
+                    detail: e.to_string(),
+                    ip_banned: false,
+                })?
+                .unwrap_or(ListResult {
+                    data_list: Vec::new(),
+                    has_more: false,
+                    next_cursor: 0,
+                });
+            if let Some(found) = page.data_list.iter().find(|r| same_report(r, param)) {
+                return Ok(Reconciliation::Found(found.report_id.clone()));
+            }
+            if !page.has_more || page.next_cursor <= cursor {
+                return Ok(Reconciliation::Absent);
+            }
+            cursor = page.next_cursor;
+        }
+        Err(Error::Config(
+            "report/list: too many reports to decide".to_owned(),
+        ))
+    }
+
+    /// Fetches (or reuses) the app's token; used by `check-config --online` and readiness.
+    pub async fn warm_token(&self, app: &str) -> Result<()> {
+        self.token(app).await.map(|_| ())
+    }
+
+    /// Forgets cached tokens and templates (after a configuration reload).
+    pub fn clear_caches(&self) {
+        self.inner.tokens.clear();
+        self.inner.templates.invalidate_all();
+    }
+
+    fn app(&self, app: &str) -> Result<&App> {
+        self.inner
+            .apps
+            .get(app)
+            .ok_or_else(|| Error::Config(format!("no app {app:?} under dingtalk.apps")))
+    }
+
+    async fn token(&self, app: &str) -> Result<Token> {
+        self.inner
+            .tokens
+            .get(app, self.fetch_token(app))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    async fn fetch_token(&self, app_name: &str) -> Result<Token> {
+        let result = self.fetch_token_once(app_name).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.inner
+            .metrics
+            .token_refreshes
+            .with_label_values(&[app_name, outcome])
+            .inc();
+        match &result {
+            Ok(_) => tracing::info!(app = app_name, "fetched access_token"),
+            Err(e) => tracing::warn!(app = app_name, error = %e, "fetching access_token failed"),
+        }
+        result
+    }
+
+    async fn fetch_token_once(&self, app_name: &str) -> Result<Token> {
+        let app = self.app(app_name)?;
+        let secret = app.app_secret.as_ref().ok_or_else(|| {
+            Error::Config(format!("dingtalk.apps.{app_name}.app_secret is not set"))
+        })?;
+        let request = self
+            .inner
+            .http
+            .get(format!("{}/gettoken", self.inner.base_url))
+            .query(&[("appkey", app.app_key.as_str()), ("appsecret", secret.expose())]);
+        let answer = self.send(api::GETTOKEN, request).await?;
+        let token: TokenAnswer =
+            serde_json::from_value(answer).map_err(|e| Error::InvalidBody {
+                api: api::GETTOKEN,
+                detail: format!("gettoken answer: {e}"),
+                ip_banned: false,
+            })?;
+        if token.access_token.is_empty() {
+            return Err(Error::InvalidBody {
+                api: api::GETTOKEN,
+                detail: "empty access_token".to_owned(),
+                ip_banned: false,
+            });
+        }
+        Ok(Token::new(
+            token.access_token,
+            token.expires_in,
+            self.inner.margin,
+        ))
+    }
+
+    /// POSTs `body` with the app's token; on a token error drops the token, fetches once more
+    /// and retries once. `before_send` runs before each attempt (the rate limiter).
+    async fn call_with_token<F, Fut>(
+        &self,
+        app: &str,
+        api: &'static str,
+        path: &str,
+        body: &Value,
+        before_send: F,
+    ) -> Result<Value>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let url = format!("{}{path}", self.inner.base_url);
+        let mut token = self.token(app).await?;
+        for attempt in 0..2 {
+            before_send().await;
+            let request = self
+                .inner
+                .http
+                .post(&url)
+                .query(&[("access_token", &*token.value)])
+                .json(body);
+            match self.send(api, request).await {
+                Err(e) if attempt == 0 && e.disposition(false) == Disposition::RefreshToken => {
+                    tracing::info!(app, api, error = %e, "token refused; refreshing once");
+                    self.inner.tokens.invalidate(app, &token).await;
+                    token = self.token(app).await?;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    /// Sends one request; HTTP, body and errcode failures become [`Error`]s. Measured.
+    async fn send(&self, api: &'static str, request: reqwest::RequestBuilder) -> Result<Value> {
+        let started = Instant::now();
+        let result = self.send_unmeasured(api, request).await;
+        let m = &self.inner.metrics;
+        m.dingtalk_duration
+            .with_label_values(&[api])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Error::Api { code, .. }) => {
+                m.dingtalk_errors
+                    .with_label_values(&[api, &code.to_string()])
+                    .inc();
+                "errcode"
+            }
+            Err(Error::Http { .. }) => "http_error",
+            Err(Error::InvalidBody { .. }) => "invalid_body",
+            Err(Error::Connect { .. } | Error::NoAnswer { .. }) => "transport",
+            Err(Error::Config(_)) => "config",
+        };
+        m.dingtalk_requests.with_label_values(&[api, outcome]).inc();
+        result
+    }
+
+    async fn send_unmeasured(
+        &self,
+        api: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value> {
+        // `without_url` everywhere: the URL carries the token or the app secret.
+        let response = request.send().await.map_err(|e| transport(api, e))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| Error::NoAnswer {
+            api,
+            message: e.without_url().to_string(),
+        })?;
+        if status != 200 {
+            return Err(Error::Http { api, status });
+        }
+        let body: Value = serde_json::from_slice(&bytes).map_err(|_| Error::InvalidBody {
+            api,
+            detail: snippet(&bytes),
+            ip_banned: false,
+        })?;
+        check_body(api, &body)?;
+        Ok(body)
+    }
+}
+
+fn transport(api: &'static str, e: reqwest::Error) -> Error {
+    let connect = e.is_connect() || e.is_builder();
+    let message = e.without_url().to_string();
+    if connect {
+        Error::Connect { api, message }
+    } else {
+        Error::NoAnswer { api, message }
+    }
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let short: String = text.chars().take(80).collect();
+    format!("body starts {short:?}")
+}
+
+/// Whether a listed report is the one `param` would have created: same author and the same
+/// text in every field (DingTalk may trim or truncate, so compare trimmed prefixes).
+fn same_report(listed: &ListedReport, param: &CreateReportParam) -> bool {
+    if listed.creator_id != param.userid {
+        return false;
+    }
+    param.contents.iter().all(|c| {
+        listed.contents.iter().any(|l| {
+            l.key == c.key && {
+                let sent = c.content.trim();
+                let seen = l.value.trim();
+                !seen.is_empty() && (sent == seen || sent.starts_with(seen))
+            }
+        })
+    })
+}

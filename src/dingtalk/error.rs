@@ -1,0 +1,315 @@
+//! The DingTalk error type and the one place that decides what is retried (spec §7).
+
+use std::time::Duration;
+
+/// Token errors: drop the cached token, fetch once more, retry the call once.
+pub const TOKEN_ERRCODES: [i64; 4] = [40014, 42001, 40001, 33001];
+/// Rate-limit and busy codes that are retried with backoff.
+pub const RETRY_ERRCODES: [i64; 5] = [-1, 90018, 90002, 90005, 90006];
+
+/// What went wrong talking to DingTalk.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request never left: connection refused, DNS, TLS, connect timeout.
+    #[error("{api}: could not connect: {message}")]
+    Connect {
+        /// API name.
+        api: &'static str,
+        /// Transport message (no URL, so no token).
+        message: String,
+    },
+    /// The request may have reached DingTalk, but no answer was read (timeout, reset).
+    #[error("{api}: no answer after the request was sent: {message}")]
+    NoAnswer {
+        /// API name.
+        api: &'static str,
+        /// Transport message (no URL, so no token).
+        message: String,
+    },
+    /// An HTTP status other than 200.
+    #[error("{api}: HTTP {status}")]
+    Http {
+        /// API name.
+        api: &'static str,
+        /// The status code.
+        status: u16,
+    },
+    /// The body was not the JSON DingTalk normally sends (an HTML page, an IP-ban notice).
+    #[error("{api}: answer is not DingTalk JSON ({detail})")]
+    InvalidBody {
+        /// API name.
+        api: &'static str,
+        /// A short description, e.g. "IP banned (punish: deny)" or the start of the body.
+        detail: String,
+        /// True for the documented IP ban (wait about 5 minutes).
+        ip_banned: bool,
+    },
+    /// A JSON answer with a non-zero errcode.
+    #[error("{api}: errcode {code}: {message}")]
+    Api {
+        /// API name.
+        api: &'static str,
+        /// The effective code: `sub_code` under errcode 88, else `errcode`.
+        code: i64,
+        /// The errcode as sent (88 when wrapped).
+        errcode: i64,
+        /// errmsg / sub_msg.
+        message: String,
+    },
+    /// The relay's configuration does not fit (app unknown, secret missing, template field
+    /// missing or not text).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What to do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Rejected for sure, and worth another try later.
+    Retry,
+    /// The token was refused: refresh it and retry once.
+    RefreshToken,
+    /// The report may have been created; do not resend blindly.
+    Ambiguous,
+    /// Rejected for good; needs a human.
+    Permanent,
+}
+
+impl Error {
+    /// The effective DingTalk errcode, when DingTalk answered with one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            Self::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The decision of spec §7, made in one place. `idempotent` calls (gettoken, getbyname,
+    /// list) can be retried after an unanswered request; report/create cannot.
+    pub fn disposition(&self, idempotent: bool) -> Disposition {
+        match self {
+            Self::Connect { .. } | Self::InvalidBody { .. } => Disposition::Retry,
+            Self::NoAnswer { .. } if idempotent => Disposition::Retry,
+            Self::NoAnswer { .. } => Disposition::Ambiguous,
+            Self::Http { status, .. } if *status >= 500 || *status == 429 => Disposition::Retry,
+            Self::Http { .. } => Disposition::Permanent,
+            Self::Api { code, .. } if TOKEN_ERRCODES.contains(code) => Disposition::RefreshToken,
+            Self::Api { code, .. } if RETRY_ERRCODES.contains(code) => Disposition::Retry,
+            Self::Api { .. } | Self::Config(_) => Disposition::Permanent,
+        }
+    }
+
+    /// Whether a delivery that hit this error should be tried again later.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self.disposition(false), Disposition::Retry)
+    }
+
+    /// The least time to wait before retrying, when DingTalk says how long.
+    pub fn min_backoff(&self) -> Option<Duration> {
+        match self {
+            Self::InvalidBody {
+                ip_banned: true, ..
+            } => Some(Duration::from_secs(300)),
+            Self::Api { code: 90018, .. } => Some(Duration::from_secs(1)),
+            Self::Api { code: 90006, .. } => Some(Duration::from_secs(60)),
+            _ => None,
+        }
+    }
+
+    /// A short errmsg for the delivery record.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Api { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Parses an errcode that DingTalk may send as a number or a string.
+pub fn lenient_code(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a DingTalk JSON body: `Ok(body)` when errcode is 0 (or absent with a result),
+/// otherwise the classified [`Error::Api`]. The code is taken from `sub_code`, then from a
+/// `subcode=NNN` inside errmsg, then from `errcode`.
+pub fn check_body(api: &'static str, body: &serde_json::Value) -> Result<(), Error> {
+    let Some(object) = body.as_object() else {
+        return Err(Error::InvalidBody {
+            api,
+            detail: "JSON but not an object".to_owned(),
+            ip_banned: false,
+        });
+    };
+    if object.get("punish").and_then(|p| p.as_str()) == Some("deny") {
+        return Err(Error::InvalidBody {
+            api,
+            detail: "IP banned (punish: deny)".to_owned(),
+            ip_banned: true,
+        });
+    }
+    let Some(errcode) = object.get("errcode").and_then(lenient_code) else {
+        return Err(Error::InvalidBody {
+            api,
+            detail: "no errcode in the answer".to_owned(),
+            ip_banned: false,
+        });
+    };
+    if errcode == 0 {
+        return Ok(());
+    }
+    let errmsg = object
+        .get("errmsg")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default();
+    let sub_msg = object.get("sub_msg").and_then(|m| m.as_str());
+    let sub_code = object
+        .get("sub_code")
+        .and_then(lenient_code)
+        .or_else(|| subcode_in_errmsg(errmsg));
+    let code = match (errcode, sub_code) {
+        (88, Some(sub)) => sub,
+        _ => errcode,
+    };
+    let message = match sub_msg {
+        Some(sub) if !sub.is_empty() => format!("{errmsg} ({sub})"),
+        _ => errmsg.to_owned(),
+    };
+    Err(Error::Api {
+        api,
+        code,
+        errcode,
+        message,
+    })
+}
+
+/// Finds `subcode=NNN` in an errmsg like `ding talk error[subcode=90018,submsg=…]`.
+fn subcode_in_errmsg(errmsg: &str) -> Option<i64> {
+    let start = errmsg.find("subcode=")? + "subcode=".len();
+    let digits: String = errmsg[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn classify(body: serde_json::Value) -> (Option<i64>, Disposition) {
+        match check_body("report_create", &body) {
+            Ok(()) => (Some(0), Disposition::Permanent),
+            Err(e) => (e.code(), e.disposition(false)),
+        }
+    }
+
+    #[test]
+    fn every_code_of_the_reference_table_is_classified() {
+        use Disposition::*;
+        // (errcode, disposition) for every code in dingtalk-api.md §5.2, bare.
+        let table: &[(i64, Disposition)] = &[
+            (-1, Retry),
+            (40014, RefreshToken),
+            (42001, RefreshToken),
+            (40001, RefreshToken),
+            (33001, RefreshToken),
+            (41001, Permanent),
+            (40096, Permanent),
+            (40089, Permanent),
+            (40035, Permanent),
+            (40038, Permanent),
+            (43004, Permanent),
+            (43005, Permanent),
+            (43009, Permanent),
+            (22, Permanent),
+            (400002, Permanent),
+            (60011, Permanent),
+            (60020, Permanent),
+            (33012, Permanent),
+            (40003, Permanent),
+            (60121, Permanent),
+            (50002, Permanent),
+            (90018, Retry),
+            (90006, Retry),
+            (90005, Retry),
+            (90002, Retry),
+            (90001, Permanent),
+            (90003, Permanent),
+            (90004, Permanent),
+            (90017, Permanent),
+            (90019, Permanent),
+            (90020, Permanent),
+            (123456, Permanent),
+        ];
+        for (code, expected) in table {
+            let bare = classify(json!({"errcode": code, "errmsg": "x"}));
+            assert_eq!(bare, (Some(*code), *expected), "bare {code}");
+            let wrapped = classify(json!({
+                "errcode": 88, "sub_code": code.to_string(), "sub_msg": "y",
+                "errmsg": format!("ding talk error[subcode={code},submsg=y]")
+            }));
+            assert_eq!(wrapped, (Some(*code), *expected), "wrapped {code}");
+            let in_errmsg_only = classify(json!({
+                "errcode": 88, "errmsg": format!("ding talk error[subcode={code},submsg=y]")
+            }));
+            assert_eq!(in_errmsg_only, (Some(*code), *expected), "errmsg {code}");
+            let as_string = classify(json!({"errcode": code.to_string(), "errmsg": "x"}));
+            assert_eq!(as_string, (Some(*code), *expected), "string {code}");
+        }
+    }
+
+    #[test]
+    fn success_and_odd_bodies() {
+        assert!(check_body("x", &json!({"errcode": 0, "result": "r"})).is_ok());
+        assert!(check_body("x", &json!({"errcode": "0"})).is_ok());
+        let ban = check_body(
+            "x",
+            &json!({"status": 1111, "wait": 5, "source": "x5", "punish": "deny"}),
+        )
+        .unwrap_err();
+        assert_eq!(ban.disposition(false), Disposition::Retry);
+        assert_eq!(ban.min_backoff(), Some(Duration::from_secs(300)));
+        let no_code = check_body("x", &json!({"result": "r"})).unwrap_err();
+        assert_eq!(no_code.disposition(false), Disposition::Retry);
+        let array = check_body("x", &json!([1, 2])).unwrap_err();
+        assert_eq!(array.disposition(false), Disposition::Retry);
+        // 88 without any sub_code stays 88 and is permanent (unknown).
+        let bare88 = check_body("x", &json!({"errcode": 88, "errmsg": "鉴权"})).unwrap_err();
+        assert_eq!(bare88.code(), Some(88));
+        assert_eq!(bare88.disposition(false), Disposition::Permanent);
+    }
+
+    #[test]
+    fn transport_errors_depend_on_whether_the_request_left() {
+        let connect = Error::Connect {
+            api: "report_create",
+            message: "refused".to_owned(),
+        };
+        assert_eq!(connect.disposition(false), Disposition::Retry);
+        let no_answer = Error::NoAnswer {
+            api: "report_create",
+            message: "timeout".to_owned(),
+        };
+        assert_eq!(no_answer.disposition(false), Disposition::Ambiguous);
+        assert_eq!(no_answer.disposition(true), Disposition::Retry);
+        for (status, expected) in [
+            (500, Disposition::Retry),
+            (502, Disposition::Retry),
+            (503, Disposition::Retry),
+            (429, Disposition::Retry),
+            (404, Disposition::Permanent),
+        ] {
+            let e = Error::Http {
+                api: "report_create",
+                status,
+            };
+            assert_eq!(e.disposition(false), expected, "{status}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The admin listener's handlers: metrics, health, readiness, the delivery API and the
+//! sandbox's report list. `/v1/*` needs `server.admin_token` when it is set.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::SecondsFormat;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+use crate::state::AppState;
+use crate::store::{Delivery, State as DeliveryState};
+
+/// Most deliveries one list answer holds.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+pub(super) fn routes(state: AppState) -> Router<AppState> {
+    let api = Router::new()
+        .route("/v1/deliveries", get(list_deliveries))
+        .route("/v1/deliveries/{id}", get(get_delivery))
+        .route("/v1/deliveries/{id}/retry", post(retry_delivery))
+        .route_layer(axum::middleware::from_fn_with_state(state, require_admin_token));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health_check))
+        .route("/readyz", get(readiness))
+        .route("/sandbox/reports", get(sandbox_reports))
+        .merge(api)
+}
+
+async fn require_admin_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.settings.server.admin_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return ApiError::unauthorized(
+                "this endpoint needs Authorization: Bearer <server.admin_token>",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.store.stats().await {
+        Ok(stats) => {
+            state
+                .metrics
+                .queue_depth
+                .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
+            let age = stats
+                .oldest
+                .map_or(0, |t| (chrono::Utc::now() - t).num_seconds().max(0));
+            state.metrics.queue_oldest_age.set(age);
+        }
+        Err(e) => tracing::warn!(error = %e, "queue stats unavailable for /metrics"),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn health_check() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    let reason = match state.store.stats().await {
+        Err(e) => Some(format!("store unreachable: {e}")),
+        Ok(stats) if stats.depth >= state.settings.store.max_queued => Some(format!(
+            "delivery queue is full ({} of store.max_queued {})",
+            stats.depth, state.settings.store.max_queued
+        )),
+        Ok(_) => None,
+    };
+    match reason {
+        None => Json(json!({"status": "ready"})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn sandbox_reports(State(state): State<AppState>) -> Response {
+    match &state.sandbox {
+        Some(fake) => Json(json!({"reports": fake.reports()})).into_response(),
+        None => ApiError::not_found("the sandbox is not running (start with serve --sandbox)")
+            .into_response(),
+    }
+}
+
+/// The delivery as the API shows it (spec §6).
+pub fn delivery_json(d: &Delivery) -> Value {
+    let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    json!({
+        "delivery_id": d.id,
+        "route": d.route,
+        "state": d.state.as_str(),
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at.map(time),
+        "last_error": d.last_error.as_ref().map(|e| json!({"errcode": e.errcode, "errmsg": e.errmsg})),
+        "report_id": d.report_id,
+        "created_at": time(d.created_at),
+        "updated_at": time(d.updated_at),
+    })
+}
+
+fn store_error(e: crate::store::Error) -> ApiError {
+    tracing::error!(error = %e, "store error on the admin API");
+    ApiError::unavailable("the store is unavailable", 5)
+}
+
+async fn get_delivery(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    match state.store.get(&id).await.map_err(store_error)? {
+        Some(d) => Ok(Json(delivery_json(&d))),
+        None => Err(ApiError::not_found(format!("no delivery {id:?}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_deliveries(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(DeliveryState::parse(name).ok_or_else(|| {
+            ApiError::bad_request(
+                format!("state: {name:?} is not one of queued, delivering, delivered, failed, ignored"),
+                "state",
+            )
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => 50,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit: must be 1–{MAX_LIST_LIMIT}"), "limit")
+            })?,
+    };
+    let list = state.store.list(filter, limit).await.map_err(store_error)?;
+    Ok(Json(json!({"deliveries": list.iter().map(delivery_json).collect::<Vec<_>>()})))
+}
+
+async fn retry_delivery(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state
+        .store
+        .retry(&id, chrono::Utc::now())
+        .await
+        .map_err(store_error)?
+    {
+        None => Err(ApiError::not_found(format!("no delivery {id:?}"))),
+        Some(DeliveryState::Failed) => {
+            tracing::info!(delivery_id = %id, "failed delivery queued again by an operator");
+            state.delivery.wake();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"delivery_id": id, "status": "queued"})),
+            )
+                .into_response())
+        }
+        Some(other) => Err(ApiError::conflict(format!(
+            "delivery {id:?} is {}; only failed deliveries can be retried",
+            other.as_str()
+        ))),
+    }
+}

@@ -1,0 +1,373 @@
+//! `POST /v1/hooks/{route}`: route lookup → size limit → authentication → content type →
+//! parse → map → durable enqueue (→ optional `?wait=`), with the answers of spec §5.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, verify};
+use crate::config::{RouteSettings, Settings, SourceKind};
+use crate::delivery::{Outcome, final_outcome};
+use crate::mapping::{Mapped, Mapper, ReportDraft};
+use crate::sources;
+use crate::state::AppState;
+use crate::store::{self, Enqueued, NewDelivery};
+
+/// Longest `?wait=` in seconds.
+pub const MAX_WAIT_SECS: u64 = 30;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/v1/hooks/{route}", post(receive_webhook))
+}
+
+/// A webhook that passed every check, ready to store or show.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// A report to create.
+    Report {
+        /// Its contents.
+        draft: ReportDraft,
+        /// Fields cut at the 1000-character limit.
+        truncated: Vec<String>,
+        /// Dedup key.
+        dedup_key: String,
+    },
+    /// The route deliberately does not report it.
+    Ignored(String),
+}
+
+/// Checks the content type, parses the body and maps it: everything after authentication
+/// that needs no I/O. Shared by the webhook handler and `render`.
+pub fn prepare(
+    settings: &Settings,
+    mapper: &Mapper,
+    route_name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Prepared, ApiError> {
+    let route = settings
+        .routes
+        .get(route_name)
+        .ok_or_else(|| ApiError::route_not_found(route_name))?;
+    check_content_type(headers)?;
+    let event = match route.source {
+        SourceKind::Generic => sources::generic::parse(body),
+        other => {
+            return Err(ApiError::internal(format!(
+                "source {} is not supported by this build",
+                other.as_str()
+            )));
+        }
+    }
+    .map_err(|e| ApiError::invalid_payload(e.message, e.field))?;
+    match mapper.map(route_name, &event, now) {
+        Ok(Mapped::Ignored { reason }) => Ok(Prepared::Ignored(reason)),
+        Ok(Mapped::Report { draft, truncated }) => Ok(Prepared::Report {
+            draft,
+            truncated,
+            dedup_key: dedup_key(route_name, route, headers, body),
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "mapping failed");
+            Err(ApiError::internal(format!(
+                "the route's field template failed: {e}"
+            )))
+        }
+    }
+}
+
+/// The source's delivery id when it sends one, else a hash of route + raw body (spec §5).
+fn dedup_key(route_name: &str, route: &RouteSettings, headers: &HeaderMap, body: &[u8]) -> String {
+    let delivery_id = match route.source {
+        SourceKind::Generic => headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty()),
+        _ => None,
+    };
+    match delivery_id {
+        Some(id) => format!("{route_name}:id:{id}"),
+        None => {
+            let mut hash = Sha256::new();
+            hash.update(route_name.as_bytes());
+            hash.update([0]);
+            hash.update(body);
+            format!("{route_name}:sha256:{}", hex::encode(hash.finalize()))
+        }
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        // Some senders omit it; the body must still parse as JSON.
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("<not text>");
+    let mime = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(text))
+    }
+}
+
+fn parse_wait(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "wait" {
+            let seconds: u64 = value.parse().map_err(|_| {
+                ApiError::bad_request(
+                    format!("wait: must be a whole number of seconds (0–{MAX_WAIT_SECS})"),
+                    "wait",
+                )
+            })?;
+            if seconds > MAX_WAIT_SECS {
+                return Err(ApiError::bad_request(
+                    format!("wait: at most {MAX_WAIT_SECS} seconds"),
+                    "wait",
+                ));
+            }
+            return Ok((seconds > 0).then(|| Duration::from_secs(seconds)));
+        }
+    }
+    Ok(None)
+}
+
+#[tracing::instrument(skip_all, fields(route = %route_name))]
+async fn receive_webhook(
+    State(state): State<AppState>,
+    Path(route_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let label = if state.settings.routes.contains_key(&route_name) {
+        route_name.as_str()
+    } else {
+        "_unknown"
+    };
+    let (outcome, response) = match handle(&state, &route_name, query.as_deref(), &headers, body).await
+    {
+        Ok(answer) => answer,
+        Err(error) => {
+            let outcome = match error.status {
+                StatusCode::BAD_REQUEST => "invalid",
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::NOT_FOUND => "not_found",
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                _ => "error",
+            };
+            if error.status.is_server_error() {
+                tracing::warn!(status = %error.status, error = %error.message, "webhook not accepted");
+            } else {
+                tracing::info!(status = %error.status, error = %error.message, "webhook rejected");
+            }
+            (outcome, error.into_response())
+        }
+    };
+    state
+        .metrics
+        .webhooks_received
+        .with_label_values(&[label, outcome])
+        .inc();
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    route_name: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'static str, Response), ApiError> {
+    let settings = &state.settings;
+    let route = settings
+        .routes
+        .get(route_name)
+        .ok_or_else(|| ApiError::route_not_found(route_name))?;
+    let limit = settings.server.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
+    if let Some(secret) = &route.secret {
+        verify::generic(secret, headers, &body).map_err(ApiError::unauthorized)?;
+    }
+    let wait = parse_wait(query)?;
+    let now = Utc::now();
+    let (draft, truncated, dedup_key) =
+        match prepare(settings, &state.mapper, route_name, headers, &body, now)? {
+            Prepared::Ignored(reason) => {
+                tracing::info!(reason, "webhook ignored");
+                let answer = Json(json!({"status": "ignored", "reason": reason}));
+                return Ok(("ignored", (StatusCode::OK, answer).into_response()));
+            }
+            Prepared::Report {
+                draft,
+                truncated,
+                dedup_key,
+            } => (draft, truncated, dedup_key),
+        };
+    let new = NewDelivery {
+        id: uuid::Uuid::now_v7().to_string(),
+        route: route_name.to_owned(),
+        dedup_key,
+        draft,
+        received_at: now,
+    };
+    let enqueued = state
+        .store
+        .enqueue(new, settings.delivery.dedup_window, settings.store.max_queued)
+        .await
+        .map_err(|e| match e {
+            store::Error::Full(_) => ApiError::unavailable(
+                "the delivery queue is full (store.max_queued); try again later",
+                30,
+            ),
+            other => {
+                tracing::error!(error = %other, "storing the webhook failed");
+                ApiError::unavailable("the store is unavailable; try again later", 5)
+            }
+        })?;
+    let id = match enqueued {
+        Enqueued::Duplicate(first) => {
+            tracing::info!(delivery_id = %first, "duplicate webhook");
+            state
+                .metrics
+                .deliveries
+                .with_label_values(&[route_name, "duplicate"])
+                .inc();
+            let answer = Json(json!({"delivery_id": first, "status": "duplicate"}));
+            return Ok(("duplicate", (StatusCode::OK, answer).into_response()));
+        }
+        Enqueued::Queued(id) => id,
+    };
+    if !truncated.is_empty() {
+        state
+            .metrics
+            .content_truncated
+            .with_label_values(&[route_name])
+            .inc_by(truncated.len() as u64);
+    }
+    tracing::info!(delivery_id = %id, "webhook accepted");
+    let waiter = wait.map(|w| (w, state.delivery.subscribe(&id)));
+    state.delivery.wake();
+    let response = match waiter {
+        Some((wait, rx)) => wait_for(state, &id, wait, rx).await,
+        None => queued(&id),
+    };
+    Ok(("accepted", response))
+}
+
+fn queued(id: &str) -> Response {
+    let answer = Json(json!({"delivery_id": id, "status": "queued"}));
+    (StatusCode::ACCEPTED, answer).into_response()
+}
+
+/// Holds the answer until the delivery is final or `wait` is up. Polls the store as well,
+/// because another replica may deliver it.
+async fn wait_for(
+    state: &AppState,
+    id: &str,
+    wait: Duration,
+    mut rx: tokio::sync::oneshot::Receiver<Outcome>,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + wait;
+    let outcome = loop {
+        if let Ok(Some(delivery)) = state.store.get(id).await
+            && let Some(outcome) = final_outcome(&delivery)
+        {
+            break Some(outcome);
+        }
+        tokio::select! {
+            received = &mut rx => match received {
+                Ok(outcome) => break Some(outcome),
+                Err(_) => tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250))).await,
+            },
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break None;
+        }
+    };
+    state.delivery.unsubscribe(id);
+    match outcome {
+        Some(Outcome::Delivered(report_id)) => {
+            let answer =
+                Json(json!({"status": "delivered", "report_id": report_id, "delivery_id": id}));
+            (StatusCode::CREATED, answer).into_response()
+        }
+        Some(Outcome::Failed(error)) => {
+            let answer = Json(json!({
+                "status": "failed", "delivery_id": id,
+                "errcode": error.errcode, "errmsg": error.errmsg
+            }));
+            (StatusCode::BAD_GATEWAY, answer).into_response()
+        }
+        None => queued(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_parameter() {
+        assert_eq!(parse_wait(None).unwrap(), None);
+        assert_eq!(parse_wait(Some("wait=0")).unwrap(), None);
+        assert_eq!(
+            parse_wait(Some("x=1&wait=5")).unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        for bad in ["wait=31", "wait=-1", "wait=abc", "wait="] {
+            let e = parse_wait(Some(bad)).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("wait"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let ok = ["application/json", "application/json; charset=utf-8", "application/vnd.x+json"];
+        for ct in ok {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert!(check_content_type(&h).is_ok(), "{ct}");
+        }
+        for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(
+                check_content_type(&h).unwrap_err().status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            );
+        }
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
+    }
+}

@@ -1,0 +1,184 @@
+//! The `dingtalk-relay` binary: parses the command line and hands over to the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dingtalk_relay::cli::{self, Rendered};
+use dingtalk_relay::config::{Mode, Settings};
+use dingtalk_relay::startup::Application;
+use dingtalk_relay::telemetry;
+use tokio_util::sync::CancellationToken;
+
+/// Turns CI job results and standup updates into DingTalk 日志 (work reports).
+#[derive(Parser)]
+#[command(name = "dingtalk-relay", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        /// Configuration file (default: config/default.yaml, then config/local.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Use the built-in DingTalk stand-in: no credentials, no network.
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Validate the configuration and every template; exit 1 naming each bad key.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also resolve templates against DingTalk.
+        #[arg(long)]
+        online: bool,
+        /// Check as `serve --sandbox` would (secrets may be absent).
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Print the create_report_param a webhook would produce (nothing is sent).
+    Render {
+        /// Route name.
+        #[arg(long)]
+        route: String,
+        /// File holding the webhook body (`-` for standard input).
+        #[arg(long)]
+        body: PathBuf,
+        /// A request header, e.g. -H 'X-GitHub-Event: workflow_run'.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Resolve the template against DingTalk (fetches a token).
+        #[arg(long)]
+        online: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(run(cli.command))
+}
+
+#[allow(clippy::print_stderr)]
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve { config, sandbox } => serve(config, sandbox).await,
+        Command::CheckConfig {
+            config,
+            online,
+            sandbox,
+        } => match cli::check_config(config.as_deref(), online, sandbox).await {
+            Ok(summary) => print_out(&summary),
+            Err(e) => fail(&one_line(&e)),
+        },
+        Command::Render {
+            route,
+            body,
+            headers,
+            config,
+            online,
+        } => {
+            let bytes = if body.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+            } else {
+                std::fs::read(&body)
+            };
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => return fail(&format!("--body {}: {e}", body.display())),
+            };
+            match cli::render(config.as_deref(), &route, &bytes, &headers, online).await {
+                Ok(Rendered::Report(param)) => print_out(&pretty(&param)),
+                Ok(Rendered::Ignored(reason)) => print_out(&pretty(
+                    &serde_json::json!({"status": "ignored", "reason": reason}),
+                )),
+                Ok(Rendered::Rejected(status, body)) => {
+                    print_out(&pretty(&serde_json::json!({"rejected": status, "answer": body})));
+                    ExitCode::from(2)
+                }
+                Err(e) => fail(&one_line(&e)),
+            }
+        }
+    }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+fn print_out(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+async fn serve(config: Option<PathBuf>, sandbox: bool) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    telemetry::init(&settings.log);
+    let mode = if sandbox { Mode::Sandbox } else { Mode::Production };
+    let app = match Application::build(settings, mode).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %one_line(&e), "startup failed");
+            return fail(&one_line(&e));
+        }
+    };
+    tracing::info!(port = app.port(), admin_port = app.admin_port(), sandbox, "dingtalk-relay listening");
+    let cancel = CancellationToken::new();
+    tokio::spawn(shutdown_signal(cancel.clone()));
+    match app.run_until_stopped(cancel).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&one_line(&e)),
+    }
+}
+
+/// Cancels on Ctrl-C or SIGTERM.
+async fn shutdown_signal(cancel: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested: no new webhooks; finishing work in flight");
+    cancel.cancel();
+}

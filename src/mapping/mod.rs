@@ -1,0 +1,617 @@
+//! Mapping: a pure function from a normalised [`Event`] and a route's configuration to the
+//! contents of a DingTalk report ([`ReportDraft`]), or the reason the route ignores the event.
+//! No I/O, no clock (the caller passes `now`), no DingTalk knowledge beyond field names.
+//!
+//! Field templates are minijinja templates over the variables listed by [`variables`]. They are
+//! compiled once by [`Mapper::new`] with autoescape off (the output is markdown, not HTML),
+//! undefined values rendering empty (chainable), `trim_blocks` and `lstrip_blocks` on (a line
+//! holding only a `{% … %}` tag leaves nothing behind) and the trailing newline dropped. Two
+//! filters are added: `bullets` (a list → `• a` lines) and `numbered` (`1. a` lines). Every
+//! rendered line break is sent as a markdown hard break (two spaces before `\n`), which the
+//! DingTalk client shows as a new line.
+
+mod defaults;
+mod vars;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigIssue, RouteSettings, Settings, TemplateSettings};
+use crate::sources::{Event, JobStatus, Standup};
+
+/// DingTalk's limit on one content, in characters.
+pub const MAX_CONTENT_CHARS: usize = 1000;
+
+/// The report a delivery will create, before its template is resolved. Stored with the
+/// delivery, so it is self-contained: a config change does not alter what was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportDraft {
+    /// Name of the app in `dingtalk.apps` that posts it.
+    pub app: String,
+    /// The template as configured (resolved to id/key/sort at send time).
+    pub template: TemplateSettings,
+    /// Author userid.
+    pub author: String,
+    /// Receiver userids.
+    pub to_userids: Vec<String>,
+    /// Receiver group ids.
+    pub to_cids: Vec<String>,
+    /// Also send a chat message.
+    pub to_chat: bool,
+    /// Source tag.
+    pub dd_from: String,
+    /// Field contents, in template order, each at most [`MAX_CONTENT_CHARS`] characters.
+    pub contents: Vec<DraftContent>,
+}
+
+/// One filled field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftContent {
+    /// Template field name (the content's `key`).
+    pub field: String,
+    /// Markdown text.
+    pub content: String,
+}
+
+/// What a route makes of an event.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per webhook and consumed at once; boxing buys nothing"
+)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// A report to create. `truncated` names the fields that were cut to the limit.
+    Report {
+        /// The report.
+        draft: ReportDraft,
+        /// Fields whose content was cut at [`MAX_CONTENT_CHARS`].
+        truncated: Vec<String>,
+    },
+    /// The route deliberately does not report this event.
+    Ignored {
+        /// Why, for the webhook answer and the log.
+        reason: String,
+    },
+}
+
+/// Why mapping failed (a route or template problem, not the payload's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// No such route.
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    /// A field template failed at render time.
+    #[error("routes.{route}.fields.{field}: {message}")]
+    Render {
+        /// Route name.
+        route: String,
+        /// Field name.
+        field: String,
+        /// The template engine's message.
+        message: String,
+    },
+}
+
+/// The visible marker that ends a content cut at [`MAX_CONTENT_CHARS`]; it counts toward the
+/// limit.
+pub const TRUNCATION_MARKER: &str = "…（内容过长，已截断 / truncated）";
+
+/// The value of `author` (and of a `to_userids` entry) that stands for the event's person.
+const ACTOR: &str = "actor";
+
+/// Every route's compiled templates and branch globs, and the user table, ready to map events.
+/// Built once from the settings; [`Mapper::map`] is pure and cheap.
+#[derive(Debug)]
+pub struct Mapper {
+    env: Environment<'static>,
+    routes: BTreeMap<String, CompiledRoute>,
+    /// `users`, keyed by lower-cased login or e-mail.
+    users: HashMap<String, String>,
+    tz: Tz,
+    /// (field, template name) of the built-in job_status templates, in the standard order.
+    builtin_job_status: Vec<(String, String)>,
+    /// (field, template name) of the built-in standup templates, in the standard order.
+    builtin_standup: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    settings: RouteSettings,
+    /// `branches` compiled; `None` when the route does not filter on branches.
+    branches: Option<GlobSet>,
+    /// (field, template name) of the route's own `fields`; `None` for the built-in templates.
+    fields: Option<Vec<(String, String)>>,
+}
+
+impl Mapper {
+    /// Compiles every route's field templates (or the built-in ones) and branch globs. Issues
+    /// name the key path, e.g. `routes.ci.fields.今日完成工作: syntax error: …`.
+    pub fn new(settings: &Settings) -> Result<Self, Vec<ConfigIssue>> {
+        let mut env = environment();
+        let mut issues = Vec::new();
+        let builtin_job_status =
+            add_builtins(&mut env, "job_status", defaults::JOB_STATUS, &mut issues);
+        let builtin_standup = add_builtins(&mut env, "standup", defaults::STANDUP, &mut issues);
+
+        let mut routes = BTreeMap::new();
+        for (route, rs) in &settings.routes {
+            let branches = compile_branches(route, &rs.branches, &mut issues);
+            let fields = rs.fields.as_ref().map(|fields| {
+                let mut compiled = Vec::with_capacity(fields.len());
+                for (field, source) in fields {
+                    let name = format!("routes.{route}.fields.{field}");
+                    match env.add_template_owned(name.clone(), source.clone()) {
+                        Ok(()) => compiled.push((field.clone(), name)),
+                        Err(e) => issues.push(ConfigIssue {
+                            path: name,
+                            message: describe(&e),
+                        }),
+                    }
+                }
+                compiled
+            });
+            routes.insert(
+                route.clone(),
+                CompiledRoute {
+                    settings: rs.clone(),
+                    branches,
+                    fields,
+                },
+            );
+        }
+        let mapper = Self {
+            env,
+            routes,
+            users: settings
+                .users
+                .iter()
+                .map(|(login, userid)| (login.trim().to_lowercase(), userid.trim().to_owned()))
+                .collect(),
+            tz: settings.tz(),
+            builtin_job_status,
+            builtin_standup,
+        };
+        issues.extend(mapper.dry_run());
+        if issues.is_empty() {
+            Ok(mapper)
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// Renders every route's own templates against a sample of each event type and reports the
+    /// mistakes that fail whatever the event (an unknown filter, test or function).
+    fn dry_run(&self) -> Vec<ConfigIssue> {
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        let job = JobStatus {
+            job: Some("build".to_owned()),
+            pipeline: Some("CI".to_owned()),
+            status: Some(crate::sources::Status::Failure),
+            project: Some("acme/api".to_owned()),
+            run_id: Some("1".to_owned()),
+            branch: Some("main".to_owned()),
+            commit: Some("0123456789abcdef".to_owned()),
+            commit_message: Some("Sample\n\nbody".to_owned()),
+            url: Some("https://ci.example.com/runs/1".to_owned()),
+            actor: Some("octocat".to_owned()),
+            actor_email: Some("octocat@example.com".to_owned()),
+            started_at: Some(now),
+            finished_at: Some(now),
+            duration_secs: Some(1),
+            summary: Some("sample".to_owned()),
+            ..JobStatus::default()
+        };
+        let standup = Standup {
+            user: Some("octocat".to_owned()),
+            userid: Some("dd_sample".to_owned()),
+            date: Some("1970-01-01".to_owned()),
+            done: vec!["a".to_owned()],
+            todo: vec!["b".to_owned()],
+            blockers: vec!["c".to_owned()],
+            notes: Some("d".to_owned()),
+        };
+        let mut issues = Vec::new();
+        for (route, compiled) in &self.routes {
+            let Some(fields) = &compiled.fields else {
+                continue;
+            };
+            let contexts = [
+                vars::job_status(route, &job, Some("dd_sample"), self.tz, now),
+                vars::standup(route, &standup, Some("dd_sample"), self.tz, now),
+            ];
+            for (_, name) in fields {
+                let Ok(template) = self.env.get_template(name) else {
+                    continue;
+                };
+                let found = contexts.iter().find_map(|ctx| {
+                    template.render(ctx).err().filter(|e| {
+                        matches!(
+                            e.kind(),
+                            minijinja::ErrorKind::UnknownFilter
+                                | minijinja::ErrorKind::UnknownTest
+                                | minijinja::ErrorKind::UnknownFunction
+                        )
+                    })
+                });
+                if let Some(e) = found {
+                    issues.push(ConfigIssue {
+                        path: name.clone(),
+                        message: describe(&e),
+                    });
+                }
+            }
+        }
+        issues
+    }
+
+    /// What `route` makes of `event` at time `now`.
+    pub fn map(
+        &self,
+        route: &str,
+        event: &Event,
+        now: DateTime<Utc>,
+    ) -> Result<Mapped, MappingError> {
+        let compiled = self
+            .routes
+            .get(route)
+            .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))?;
+        let rs = &compiled.settings;
+
+        // Who the event is about, how to say it when they have no userid, and the context.
+        let (person, unmapped, ctx, builtins) = match event {
+            Event::JobStatus(job) => {
+                if let Some(reason) = filter(route, compiled, job) {
+                    return Ok(Mapped::Ignored { reason });
+                }
+                let actor = job.actor.as_deref();
+                let email = job.actor_email.as_deref();
+                let person = actor
+                    .and_then(|a| self.userid(a))
+                    .or_else(|| email.and_then(|e| self.userid(e)));
+                let unmapped = match (actor, email) {
+                    (Some(a), Some(e)) => {
+                        format!("actor {a:?} ({e}) has no DingTalk userid in users")
+                    }
+                    (Some(a), None) => format!("actor {a:?} has no DingTalk userid in users"),
+                    (None, Some(e)) => format!("actor {e:?} has no DingTalk userid in users"),
+                    (None, None) => "the event names no actor".to_owned(),
+                };
+                let ctx = vars::job_status(route, job, person, self.tz, now);
+                (person, unmapped, ctx, &self.builtin_job_status)
+            }
+            Event::Standup(standup) => {
+                let person = standup
+                    .userid
+                    .as_deref()
+                    .or_else(|| standup.user.as_deref().and_then(|u| self.userid(u)));
+                let unmapped = match standup.user.as_deref() {
+                    Some(u) => format!("user {u:?} has no DingTalk userid in users"),
+                    None => "the standup names no user".to_owned(),
+                };
+                let ctx = vars::standup(route, standup, person, self.tz, now);
+                (person, unmapped, ctx, &self.builtin_standup)
+            }
+        };
+
+        let author = if rs.author == ACTOR {
+            match person {
+                Some(userid) => userid.to_owned(),
+                None => {
+                    return Ok(Mapped::Ignored {
+                        reason: format!("{unmapped} (needed by routes.{route}.author: actor)"),
+                    });
+                }
+            }
+        } else {
+            rs.author.clone()
+        };
+
+        let mut to_userids: Vec<String> = Vec::with_capacity(rs.to_userids.len());
+        for entry in &rs.to_userids {
+            let userid = if entry == ACTOR {
+                match person {
+                    Some(userid) => userid,
+                    None => continue,
+                }
+            } else {
+                self.userid(entry).unwrap_or(entry)
+            };
+            if !to_userids.iter().any(|u| u == userid) {
+                to_userids.push(userid.to_owned());
+            }
+        }
+
+        let mut fields: Vec<&(String, String)> = compiled
+            .fields
+            .as_ref()
+            .unwrap_or(builtins)
+            .iter()
+            .collect();
+        if let Some(template_fields) = &rs.template.fields {
+            fields.sort_by_key(|(field, _)| {
+                template_fields
+                    .iter()
+                    .find(|f| &f.name == field)
+                    .map_or(i64::MAX, |f| f.sort)
+            });
+        }
+        let mut contents = Vec::with_capacity(fields.len());
+        let mut truncated = Vec::new();
+        for (field, name) in fields {
+            let render_error = |e: minijinja::Error| MappingError::Render {
+                route: route.to_owned(),
+                field: field.clone(),
+                message: describe(&e),
+            };
+            let text = self
+                .env
+                .get_template(name)
+                .and_then(|t| t.render(&ctx))
+                .map_err(render_error)?;
+            let text = hard_breaks(text.trim());
+            if text.is_empty() {
+                continue;
+            }
+            let (content, cut) = truncate(&text);
+            if cut {
+                truncated.push(field.clone());
+            }
+            contents.push(DraftContent {
+                field: field.clone(),
+                content,
+            });
+        }
+        if contents.is_empty() {
+            return Ok(Mapped::Ignored {
+                reason: "every field rendered empty".to_owned(),
+            });
+        }
+        Ok(Mapped::Report {
+            draft: ReportDraft {
+                app: rs.app.clone(),
+                template: rs.template.clone(),
+                author,
+                to_userids,
+                to_cids: rs.to_cids.clone(),
+                to_chat: rs.to_chat,
+                dd_from: rs.dd_from.clone(),
+                contents,
+            },
+            truncated,
+        })
+    }
+
+    /// The DingTalk userid of a CI login or e-mail (case-insensitive), from `users`.
+    fn userid(&self, login: &str) -> Option<&str> {
+        self.users
+            .get(&login.trim().to_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// Names and one-line descriptions of the variables a field template sees, for docs and
+/// `check-config`.
+pub fn variables() -> &'static [(&'static str, &'static str)] {
+    vars::VARIABLES
+}
+
+/// Cuts `content` to [`MAX_CONTENT_CHARS`] characters (not bytes), ending with the visible
+/// [`TRUNCATION_MARKER`] that counts toward the limit. Returns (text, was_cut).
+pub fn truncate(content: &str) -> (String, bool) {
+    if content.chars().nth(MAX_CONTENT_CHARS).is_none() {
+        return (content.to_owned(), false);
+    }
+    let keep = MAX_CONTENT_CHARS - TRUNCATION_MARKER.chars().count();
+    let end = content
+        .char_indices()
+        .nth(keep)
+        .map_or(content.len(), |(i, _)| i);
+    let mut out = content[..end].trim_end().to_owned();
+    out.push_str(TRUNCATION_MARKER);
+    (out, true)
+}
+
+/// Why a job_status event does not pass the route's filters, if it does not.
+fn filter(route: &str, compiled: &CompiledRoute, job: &JobStatus) -> Option<String> {
+    let rs = &compiled.settings;
+    let phase = job.phase().as_str();
+    if !rs.events.iter().any(|e| e == phase) {
+        return Some(format!("phase {phase} is not in routes.{route}.events"));
+    }
+    let status = job.status();
+    let status = status.as_str();
+    if !rs.statuses.is_empty()
+        && !rs
+            .statuses
+            .iter()
+            .any(|s| s.trim().to_lowercase() == status.to_lowercase())
+    {
+        return Some(format!(
+            "status {status:?} is not in routes.{route}.statuses"
+        ));
+    }
+    if let Some(globs) = &compiled.branches {
+        match job.branch.as_deref() {
+            None => {
+                return Some(format!(
+                    "the event has no branch, and routes.{route}.branches only lets matching branches through"
+                ));
+            }
+            Some(branch) if !globs.is_match(branch) => {
+                return Some(format!(
+                    "branch {branch:?} does not match routes.{route}.branches"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Adds one event type's built-in templates; returns their (field, template name).
+fn add_builtins(
+    env: &mut Environment<'static>,
+    kind: &str,
+    set: [(&'static str, &'static str); 3],
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<(String, String)> {
+    let mut names = Vec::with_capacity(set.len());
+    for (field, source) in set {
+        let name = format!("builtin.{kind}.{field}");
+        if let Err(e) = env.add_template_owned(name.clone(), source) {
+            issues.push(ConfigIssue {
+                path: name.clone(),
+                message: describe(&e),
+            });
+        }
+        names.push((field.to_owned(), name));
+    }
+    names
+}
+
+/// Compiles a route's `branches`; `None` when the list is empty or a glob is invalid (reported).
+fn compile_branches(
+    route: &str,
+    branches: &[String],
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<GlobSet> {
+    if branches.is_empty() {
+        return None;
+    }
+    let mut builder = GlobSetBuilder::new();
+    let mut ok = true;
+    for (i, glob) in branches.iter().enumerate() {
+        match Glob::new(glob) {
+            Ok(g) => {
+                builder.add(g);
+            }
+            Err(e) => {
+                ok = false;
+                // Same wording as the configuration check, so the two can be deduplicated.
+                issues.push(ConfigIssue {
+                    path: format!("routes.{route}.branches[{i}]"),
+                    message: format!("{glob:?} is not a valid glob: {e}"),
+                });
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    match builder.build() {
+        Ok(set) => Some(set),
+        Err(e) => {
+            issues.push(ConfigIssue {
+                path: format!("routes.{route}.branches"),
+                message: e.to_string(),
+            });
+            None
+        }
+    }
+}
+
+/// The template environment every field template is compiled in.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_keep_trailing_newline(false);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_filter("bullets", bullets);
+    env.add_filter("numbered", numbered);
+    env
+}
+
+/// The items of a list (or of one string), as trimmed, non-empty strings.
+fn items(value: &Value) -> Vec<String> {
+    if value.is_undefined() || value.is_none() {
+        return Vec::new();
+    }
+    if let Some(s) = value.as_str() {
+        return s
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+    match value.kind() {
+        minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable => value
+            .try_iter()
+            .map(|iter| {
+                iter.map(|item| item.to_string().trim().to_owned())
+                    .filter(|item| !item.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => vec![value.to_string()],
+    }
+}
+
+/// Filter `bullets`: a list as `• item` lines (DingTalk eats `- ` bullets).
+fn bullets(value: Value) -> String {
+    items(&value)
+        .iter()
+        .map(|item| format!("• {item}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Filter `numbered`: a list as `1. item` lines.
+fn numbered(value: Value) -> String {
+    items(&value)
+        .iter()
+        .enumerate()
+        .map(|(i, item)| format!("{}. {item}", i + 1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Makes every line break between two lines of text a markdown hard break (two spaces before
+/// `\n`), drops trailing blanks of lines and keeps at most one blank line in a row.
+fn hard_breaks(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut lines = text.lines().map(str::trim_end).peekable();
+    let mut previous_blank = false;
+    while let Some(line) = lines.next() {
+        let blank = line.is_empty();
+        if blank && previous_blank {
+            continue;
+        }
+        previous_blank = blank;
+        out.push_str(line);
+        if let Some(next) = lines.peek() {
+            if !blank && !next.is_empty() {
+                out.push_str("  ");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A template error in one line: kind, detail, line, and any cause.
+fn describe(e: &minijinja::Error) -> String {
+    let mut message = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    if let Some(line) = e.line() {
+        message = format!("{message} (line {line})");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests;

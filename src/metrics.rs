@@ -1,0 +1,167 @@
+//! Metrics: the relay's Prometheus series, held in a registry owned by [`Metrics`] (never the
+//! global one, so several apps can live in one test binary). Labels come from route, app and API
+//! names, never from raw URLs.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every series the relay exports. Cheap to clone (each collector is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `dingtalk_relay_webhooks_received_total{route,outcome}`.
+    pub webhooks_received: IntCounterVec,
+    /// `dingtalk_relay_deliveries_total{route,outcome}`: delivered, retried, failed, duplicate, ambiguous.
+    pub deliveries: IntCounterVec,
+    /// `dingtalk_relay_dingtalk_requests_total{api,outcome}`.
+    pub dingtalk_requests: IntCounterVec,
+    /// `dingtalk_relay_dingtalk_errors_total{api,errcode}`: non-zero errcodes by effective code.
+    pub dingtalk_errors: IntCounterVec,
+    /// `dingtalk_relay_dingtalk_request_duration_seconds{api}`.
+    pub dingtalk_duration: HistogramVec,
+    /// `dingtalk_relay_token_refreshes_total{app,outcome}`.
+    pub token_refreshes: IntCounterVec,
+    /// `dingtalk_relay_queue_depth`: deliveries queued or being delivered.
+    pub queue_depth: IntGauge,
+    /// `dingtalk_relay_queue_oldest_age_seconds`: age of the oldest queued delivery.
+    pub queue_oldest_age: IntGauge,
+    /// `dingtalk_relay_content_truncated_total{route}`.
+    pub content_truncated: IntCounterVec,
+    /// `dingtalk_relay_delivery_latency_seconds`: webhook accepted → report created.
+    pub delivery_latency: Histogram,
+    /// `dingtalk_relay_http_requests_total{listener,path,status}`.
+    pub http_requests: IntCounterVec,
+    /// `dingtalk_relay_http_request_duration_seconds{listener,path}`.
+    pub http_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// Creates and registers every series in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("metric names and labels are static and valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("each metric is registered once in a fresh registry");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric names are static and valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("each metric is registered once in a fresh registry");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("metric names and labels are static and valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("each metric is registered once in a fresh registry");
+            h
+        };
+        let fast = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let slow = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            1800.0, 3600.0,
+        ];
+        let webhooks_received = counter(
+            "dingtalk_relay_webhooks_received_total",
+            "Webhooks received, by route and outcome (accepted, duplicate, ignored, invalid, unauthorized, not_found, too_large, unsupported_media_type, unavailable).",
+            &["route", "outcome"],
+        );
+        let deliveries = counter(
+            "dingtalk_relay_deliveries_total",
+            "Delivery attempts' results, by route and outcome (delivered, retried, failed, duplicate, ambiguous).",
+            &["route", "outcome"],
+        );
+        let dingtalk_requests = counter(
+            "dingtalk_relay_dingtalk_requests_total",
+            "Requests to DingTalk, by API and outcome (ok, errcode, http_error, invalid_body, transport).",
+            &["api", "outcome"],
+        );
+        let dingtalk_errors = counter(
+            "dingtalk_relay_dingtalk_errors_total",
+            "Non-zero DingTalk errcodes, by API and effective code (sub_code under 88).",
+            &["api", "errcode"],
+        );
+        let dingtalk_duration = histogram(
+            "dingtalk_relay_dingtalk_request_duration_seconds",
+            "Duration of requests to DingTalk, by API.",
+            &["api"],
+            fast.clone(),
+        );
+        let token_refreshes = counter(
+            "dingtalk_relay_token_refreshes_total",
+            "access_token fetches, by app and outcome (ok, error).",
+            &["app", "outcome"],
+        );
+        let queue_depth = gauge(
+            "dingtalk_relay_queue_depth",
+            "Deliveries queued or being delivered.",
+        );
+        let queue_oldest_age = gauge(
+            "dingtalk_relay_queue_oldest_age_seconds",
+            "Age in seconds of the oldest delivery still queued (0 when empty).",
+        );
+        let content_truncated = counter(
+            "dingtalk_relay_content_truncated_total",
+            "Report contents cut at DingTalk's 1000-character limit, by route.",
+            &["route"],
+        );
+        let delivery_latency = histogram(
+            "dingtalk_relay_delivery_latency_seconds",
+            "Time from webhook accepted to report created.",
+            &[],
+            slow,
+        )
+        .with_label_values(&[] as &[&str]);
+        let http_requests = counter(
+            "dingtalk_relay_http_requests_total",
+            "HTTP requests served, by listener, matched path and status.",
+            &["listener", "path", "status"],
+        );
+        let http_duration = histogram(
+            "dingtalk_relay_http_request_duration_seconds",
+            "Duration of HTTP requests served, by listener and matched path.",
+            &["listener", "path"],
+            fast,
+        );
+        Self {
+            registry,
+            webhooks_received,
+            deliveries,
+            dingtalk_requests,
+            dingtalk_errors,
+            dingtalk_duration,
+            token_refreshes,
+            queue_depth,
+            queue_oldest_age,
+            content_truncated,
+            delivery_latency,
+            http_requests,
+            http_duration,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,180 @@
+//! Startup: [`Application::build`] wires configuration, store, DingTalk client, mapper,
+//! metrics and workers, binds both listeners (port 0 allowed), and
+//! [`Application::run_until_stopped`] serves until the [`CancellationToken`] fires, then
+//! drains. `anyhow` lives here and in `main` only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Mode, STANDARD_FIELDS, Secret, Settings};
+use crate::delivery::{DeliveryHandle, Worker};
+use crate::dingtalk::{self, DingTalkClient};
+use crate::inbound;
+use crate::mapping::Mapper;
+use crate::metrics::Metrics;
+use crate::sandbox::{FakeDingTalk, FakeOptions};
+use crate::state::AppState;
+use crate::store;
+
+/// A built, bound, not yet serving relay.
+pub struct Application {
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    state: AppState,
+    worker: Worker,
+}
+
+/// How long startup waits for DingTalk to resolve named templates before going on.
+const TEMPLATE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Application {
+    /// Validates `settings` for `mode`, opens the store, starts the sandbox in sandbox mode,
+    /// checks templates against DingTalk (a definite mismatch stops startup; an unreachable
+    /// DingTalk does not) and binds both listeners.
+    pub async fn build(mut settings: Settings, mode: Mode) -> anyhow::Result<Self> {
+        let sandbox = if mode == Mode::Sandbox {
+            let options = FakeOptions::default();
+            let (fake, base_url) = FakeDingTalk::spawn(options.clone())
+                .await
+                .context("starting the sandbox DingTalk")?;
+            tracing::warn!(%base_url, "sandbox mode: reports go to the built-in DingTalk stand-in, not DingTalk");
+            settings.dingtalk.base_url = base_url;
+            for app in settings.dingtalk.apps.values_mut() {
+                app.app_key = options.app_key.clone();
+                app.app_secret = Some(Secret::new(options.app_secret.clone()));
+            }
+            Some(fake)
+        } else {
+            None
+        };
+        settings.validate(mode)?;
+        let mapper = Mapper::new(&settings).map_err(|issues| {
+            crate::config::ConfigError::Invalid(issues)
+        })?;
+        for (name, route) in &settings.routes {
+            if route.secret.is_none() {
+                tracing::warn!(route = %name, "route has no secret: anyone can post to it");
+            }
+        }
+        let metrics = Metrics::new();
+        let client = DingTalkClient::new(&settings.dingtalk, metrics.clone())
+            .context("building the DingTalk client")?;
+        let store = store::open(&settings.store.url)
+            .await
+            .context("opening the store")?;
+        check_templates(&settings, &client).await?;
+
+        let listener = bind(settings.listen_addr()?, "server.listen").await?;
+        let admin_listener = bind(settings.admin_addr()?, "server.admin_listen").await?;
+        let delivery = DeliveryHandle::new();
+        let lease = settings.dingtalk.timeout * 4 + Duration::from_secs(30);
+        let settings = Arc::new(settings);
+        let worker = Worker {
+            store: store.clone(),
+            client,
+            metrics: metrics.clone(),
+            settings: settings.delivery.clone(),
+            handle: delivery.clone(),
+            lease,
+        };
+        let state = AppState {
+            settings,
+            mapper: Arc::new(mapper),
+            store,
+            delivery,
+            metrics,
+            sandbox,
+        };
+        Ok(Self {
+            listener,
+            admin_listener,
+            state,
+            worker,
+        })
+    }
+
+    /// The webhook listener's port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The admin listener's port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state (tests inspect the store and the sandbox through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves both listeners and runs the workers until `cancel` fires; then stops taking
+    /// webhooks, finishes the requests and deliveries in flight, and returns.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let webhook = axum::serve(self.listener, inbound::router(self.state.clone()))
+            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let admin = axum::serve(self.admin_listener, inbound::admin_router(self.state.clone()))
+            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let workers = tokio::spawn(self.worker.run(cancel.clone()));
+        let (webhook, admin) = tokio::join!(webhook, admin);
+        webhook.context("webhook listener")?;
+        admin.context("admin listener")?;
+        workers.await.context("delivery workers")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+/// Resolves every route's template and checks the fields it fills. A template that lacks a
+/// field (or has it as a non-text field) is an error naming the key; an unreachable
+/// DingTalk only warns (templates are resolved again at send time).
+pub async fn check_templates(settings: &Settings, client: &DingTalkClient) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (name, route) in &settings.routes {
+        let owner = route.template.owner.as_deref().unwrap_or(&route.author);
+        let lookup = client.resolve_template(&route.app, &route.template, owner);
+        let template = match tokio::time::timeout(TEMPLATE_CHECK_TIMEOUT, lookup).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(dingtalk::Error::Config(message))) => {
+                problems.push(format!("routes.{name}.template: {message}"));
+                continue;
+            }
+            Ok(Err(e)) if e.disposition(true) == dingtalk::Disposition::Permanent => {
+                problems.push(format!("routes.{name}.template: DingTalk refused the lookup: {e}"));
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %name, error = %e, "could not check the template now; will resolve it at send time");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(route = %name, "template lookup timed out; will resolve it at send time");
+                continue;
+            }
+        };
+        let fields: Vec<&str> = match &route.fields {
+            Some(map) => map.keys().map(String::as_str).collect(),
+            None => STANDARD_FIELDS.to_vec(),
+        };
+        if let Err(e) = dingtalk::check_fields(&template, fields) {
+            let key = if route.fields.is_some() { "fields" } else { "template" };
+            problems.push(format!("routes.{name}.{key}: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("templates do not fit the configuration:\n  {}", problems.join("\n  "))
+    }
+}

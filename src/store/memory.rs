@@ -1,0 +1,259 @@
+//! `memory:` — a store in process memory, for tests and trials. Everything is lost when the
+//! process exits.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Delivery, Enqueued, LastError, NewDelivery, QueueStats, Result, State, Store};
+
+#[derive(Default)]
+struct Inner {
+    deliveries: HashMap<String, Delivery>,
+    lease_until: HashMap<String, DateTime<Utc>>,
+    dedup: HashMap<String, (String, DateTime<Utc>)>,
+}
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written delivery: every update
+        // below is a single assignment.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, id: &str, now: DateTime<Utc>, f: impl FnOnce(&mut Delivery)) {
+        let mut inner = self.lock();
+        inner.lease_until.remove(id);
+        if let Some(d) = inner.deliveries.get_mut(id) {
+            f(d);
+            d.updated_at = now;
+        }
+    }
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn enqueue(
+        &self,
+        new: NewDelivery,
+        dedup_window: Duration,
+        max_queued: u64,
+    ) -> Result<Enqueued> {
+        let mut inner = self.lock();
+        let cutoff = new.received_at - chrono_duration(dedup_window);
+        if let Some((id, at)) = inner.dedup.get(&new.dedup_key)
+            && *at > cutoff
+        {
+            return Ok(Enqueued::Duplicate(id.clone()));
+        }
+        let depth = inner
+            .deliveries
+            .values()
+            .filter(|d| matches!(d.state, State::Queued | State::Delivering))
+            .count() as u64;
+        if depth >= max_queued {
+            return Err(super::Error::Full(depth));
+        }
+        inner
+            .dedup
+            .insert(new.dedup_key.clone(), (new.id.clone(), new.received_at));
+        let id = new.id.clone();
+        inner.deliveries.insert(
+            new.id.clone(),
+            Delivery {
+                id: new.id,
+                route: new.route,
+                dedup_key: new.dedup_key,
+                state: State::Queued,
+                attempts: 0,
+                next_attempt_at: Some(new.received_at),
+                sending_since: None,
+                last_error: None,
+                report_id: None,
+                draft: new.draft,
+                created_at: new.received_at,
+                updated_at: new.received_at,
+            },
+        );
+        Ok(Enqueued::Queued(id))
+    }
+
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>> {
+        let mut inner = self.lock();
+        let Inner {
+            deliveries,
+            lease_until,
+            ..
+        } = &mut *inner;
+        let mut due: Vec<&mut Delivery> = deliveries
+            .values_mut()
+            .filter(|d| match d.state {
+                State::Queued => d.next_attempt_at.is_none_or(|at| at <= now),
+                State::Delivering => lease_until.get(&d.id).is_none_or(|until| *until <= now),
+                _ => false,
+            })
+            .collect();
+        due.sort_by_key(|d| (d.next_attempt_at, d.created_at));
+        let mut claimed = Vec::new();
+        for d in due.into_iter().take(limit) {
+            d.state = State::Delivering;
+            d.attempts += 1;
+            d.next_attempt_at = None;
+            d.updated_at = now;
+            lease_until.insert(d.id.clone(), now + chrono_duration(lease));
+            claimed.push(d.clone());
+        }
+        Ok(claimed)
+    }
+
+    async fn mark_sending(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(d) = inner.deliveries.get_mut(id) {
+            d.sending_since = Some(now);
+        }
+        Ok(())
+    }
+
+    async fn mark_delivered(&self, id: &str, report_id: &str, now: DateTime<Utc>) -> Result<()> {
+        self.update(id, now, |d| {
+            d.state = State::Delivered;
+            d.report_id = Some(report_id.to_owned());
+            d.sending_since = None;
+            d.next_attempt_at = None;
+        });
+        Ok(())
+    }
+
+    async fn schedule_retry(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        sending_since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.update(id, now, |d| {
+            d.state = State::Queued;
+            d.next_attempt_at = Some(at);
+            d.last_error = Some(error.clone());
+            d.sending_since = sending_since;
+        });
+        Ok(())
+    }
+
+    async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
+        self.update(id, now, |d| {
+            d.state = State::Failed;
+            d.next_attempt_at = None;
+            d.last_error = Some(error.clone());
+            d.sending_since = None;
+        });
+        Ok(())
+    }
+
+    async fn release(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        self.update(id, now, |d| {
+            if d.state == State::Delivering {
+                d.state = State::Queued;
+                d.attempts = d.attempts.saturating_sub(1);
+                d.next_attempt_at = Some(now);
+            }
+        });
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Delivery>> {
+        Ok(self.lock().deliveries.get(id).cloned())
+    }
+
+    async fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Delivery>> {
+        let inner = self.lock();
+        let mut list: Vec<Delivery> = inner
+            .deliveries
+            .values()
+            .filter(|d| state.is_none_or(|s| d.state == s))
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        list.truncate(limit);
+        Ok(list)
+    }
+
+    async fn retry(&self, id: &str, now: DateTime<Utc>) -> Result<Option<State>> {
+        let mut inner = self.lock();
+        let Some(d) = inner.deliveries.get_mut(id) else {
+            return Ok(None);
+        };
+        let was = d.state;
+        if was == State::Failed {
+            d.state = State::Queued;
+            d.attempts = 0;
+            d.sending_since = None;
+            d.next_attempt_at = Some(now);
+            d.updated_at = now;
+        }
+        Ok(Some(was))
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let inner = self.lock();
+        let waiting = inner
+            .deliveries
+            .values()
+            .filter(|d| matches!(d.state, State::Queued | State::Delivering));
+        let mut stats = QueueStats::default();
+        for d in waiting {
+            stats.depth += 1;
+            stats.oldest = Some(stats.oldest.map_or(d.created_at, |o| o.min(d.created_at)));
+        }
+        Ok(stats)
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let inner = self.lock();
+        Ok(inner
+            .deliveries
+            .values()
+            .filter(|d| d.state == State::Queued)
+            .filter_map(|d| d.next_attempt_at)
+            .min())
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut inner = self.lock();
+        let old_deliveries = inner.deliveries.len();
+        inner
+            .deliveries
+            .retain(|_, d| !(matches!(d.state, State::Delivered | State::Ignored) && d.updated_at < before));
+        let old_dedup = inner.dedup.len();
+        inner.dedup.retain(|_, (_, at)| *at >= before);
+        Ok((old_deliveries - inner.deliveries.len() + old_dedup - inner.dedup.len()) as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

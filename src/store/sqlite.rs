@@ -1,0 +1,380 @@
+//! `sqlite://PATH` — the embedded default store: one file in WAL mode, created and migrated at
+//! startup (migrations are compiled into the binary). Writes go through one connection so
+//! transactions never deadlock; reads use a small pool. `synchronous=FULL`: a committed
+//! delivery survives `kill -9` and power loss.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store,
+};
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+const COLUMNS: &str = "id, route, dedup_key, state, attempts, next_attempt_at, sending_since, \
+     last_errcode, last_errmsg, report_id, draft, created_at, updated_at";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies the migrations.
+    pub async fn open(path: &str) -> Result<Self> {
+        if let Some(dir) = std::path::Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("creating {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(unavailable)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| unavailable(format!("migrating {path}: {e}")))?;
+        // One process owns the file, so deliveries a killed predecessor held are free now; their
+        // `sending_since` still makes the next attempt reconcile before sending.
+        sqlx::query("UPDATE deliveries SET lease_until = 0 WHERE state = 'delivering'")
+            .execute(&writer)
+            .await
+            .map_err(unavailable)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
+        Ok(Self { writer, reader })
+    }
+}
+
+fn row_to_delivery(row: &sqlx::sqlite::SqliteRow) -> Result<Delivery> {
+    let id: String = row.try_get("id").map_err(unavailable)?;
+    let corrupt = |message: String| Error::Corrupt {
+        id: id.clone(),
+        message,
+    };
+    let state_name: String = row.try_get("state").map_err(unavailable)?;
+    let state = State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
+    let draft: String = row.try_get("draft").map_err(unavailable)?;
+    let draft = serde_json::from_str(&draft).map_err(|e| corrupt(format!("draft: {e}")))?;
+    let errcode: Option<i64> = row.try_get("last_errcode").map_err(unavailable)?;
+    let errmsg: Option<String> = row.try_get("last_errmsg").map_err(unavailable)?;
+    let attempts: i64 = row.try_get("attempts").map_err(unavailable)?;
+    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>> {
+        Ok(row
+            .try_get::<Option<i64>, _>(name)
+            .map_err(unavailable)?
+            .map(from_ms))
+    };
+    Ok(Delivery {
+        route: row.try_get("route").map_err(unavailable)?,
+        dedup_key: row.try_get("dedup_key").map_err(unavailable)?,
+        state,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        next_attempt_at: opt_time("next_attempt_at")?,
+        sending_since: opt_time("sending_since")?,
+        last_error: errmsg.map(|errmsg| LastError { errcode, errmsg }),
+        report_id: row.try_get("report_id").map_err(unavailable)?,
+        draft,
+        created_at: from_ms(row.try_get("created_at").map_err(unavailable)?),
+        updated_at: from_ms(row.try_get("updated_at").map_err(unavailable)?),
+        id,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(
+        &self,
+        new: NewDelivery,
+        dedup_window: Duration,
+        max_queued: u64,
+    ) -> Result<Enqueued> {
+        let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
+        let now = ms(new.received_at);
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let seen: Option<(String, i64)> =
+            sqlx::query_as("SELECT delivery_id, created_at FROM dedup WHERE key = ?")
+                .bind(&new.dedup_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        if let Some((id, at)) = seen
+            && at > now - millis(dedup_window)
+        {
+            return Ok(Enqueued::Duplicate(id));
+        }
+        let depth: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let depth = u64::try_from(depth).unwrap_or_default();
+        if depth >= max_queued {
+            return Err(Error::Full(depth));
+        }
+        sqlx::query("INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) VALUES (?, ?, ?)")
+            .bind(&new.dedup_key)
+            .bind(&new.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
+             VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?)",
+        )
+        .bind(&new.id)
+        .bind(&new.route)
+        .bind(&new.dedup_key)
+        .bind(now)
+        .bind(draft)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Enqueued::Queued(new.id))
+    }
+
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>> {
+        let now = ms(now);
+        let rows = sqlx::query(&format!(
+            "UPDATE deliveries SET state = 'delivering', attempts = attempts + 1, \
+               next_attempt_at = NULL, lease_until = ?1, updated_at = ?2 \
+             WHERE id IN (SELECT id FROM deliveries \
+               WHERE (state = 'queued' AND next_attempt_at <= ?2) \
+                  OR (state = 'delivering' AND lease_until <= ?2) \
+               ORDER BY next_attempt_at, created_at LIMIT ?3) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(now + millis(lease))
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_delivery).collect()
+    }
+
+    async fn mark_sending(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE deliveries SET sending_since = ?, updated_at = ? WHERE id = ?")
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn mark_delivered(&self, id: &str, report_id: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'delivered', report_id = ?, sending_since = NULL, \
+             lease_until = NULL, next_attempt_at = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(report_id)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn schedule_retry(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        sending_since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, last_errcode = ?, \
+             last_errmsg = ?, sending_since = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(sending_since.map(ms))
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, last_errcode = ?, \
+             last_errmsg = ?, sending_since = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = MAX(attempts - 1, 0), \
+             next_attempt_at = ?, lease_until = NULL, updated_at = ? \
+             WHERE id = ? AND state = 'delivering'",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Delivery>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(row_to_delivery).transpose()
+    }
+
+    async fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Delivery>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let filtered = format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE state = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+        );
+        let all =
+            format!("SELECT {COLUMNS} FROM deliveries ORDER BY created_at DESC, id DESC LIMIT ?");
+        let rows = match state {
+            Some(state) => sqlx::query(&filtered).bind(state.as_str()).bind(limit),
+            None => sqlx::query(&all).bind(limit),
+        }
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_delivery).collect()
+    }
+
+    async fn retry(&self, id: &str, now: DateTime<Utc>) -> Result<Option<State>> {
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM deliveries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let Some(state) = state.as_deref().and_then(State::parse) else {
+            return Ok(None);
+        };
+        if state == State::Failed {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'queued', attempts = 0, next_attempt_at = ?, \
+                 sending_since = NULL, updated_at = ? WHERE id = ?",
+            )
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(state))
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let (depth, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE state IN ('queued', 'delivering')",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(QueueStats {
+            depth: u64::try_from(depth).unwrap_or_default(),
+            oldest: oldest.map(from_ms),
+        })
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'queued'",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(next.map(from_ms))
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = ms(before);
+        let deliveries = sqlx::query(
+            "DELETE FROM deliveries WHERE state IN ('delivered', 'ignored') AND updated_at < ?",
+        )
+        .bind(before)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        let dedup = sqlx::query("DELETE FROM dedup WHERE created_at < ?")
+            .bind(before)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(deliveries.rows_affected() + dedup.rows_affected())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
