@@ -2,7 +2,8 @@
 //! fields (`今日完成工作`, `未完成工作`, `需协调工作`, see [`STANDARD_FIELDS`]).
 //!
 //! They are rendered with `trim_blocks` and `lstrip_blocks` on, so a `{% if %}` line leaves no
-//! blank line behind. Text is bilingual (Chinese first, then English) because reports are read
+//! blank line behind (and a block tag at the end of a line eats its line break: use an inline
+//! `{{ x if y }}` there). Text is bilingual (Chinese first, then English) because reports are read
 //! by both. The DingTalk client is reported to eat leading `- ` list bullets and to mangle a
 //! leading `>` quote, so lists use `• ` and nothing starts with `>`. Each line break is sent as
 //! a markdown hard break (see `hard_breaks` in the parent module), so plain `\n` is written
@@ -23,7 +24,7 @@ const JOB_DONE: &str = concat!(
     run_name!(),
     "** {{ status_text }}\n",
     "{% if project %}\n项目 Project: {{ project }}\n{% endif %}\n",
-    "{% if branch %}\n分支 Branch: {{ branch }}{% if commit_short %} @ {{ commit_short }}{% endif %}\n",
+    "{% if branch %}\n分支 Branch: {{ branch }}{{ \" @ \" ~ commit_short if commit_short }}\n",
     "{% elif commit_short %}\n提交 Commit: {{ commit_short }}\n{% endif %}\n",
     "{% if commit_title %}\n说明 Message: {{ commit_title }}\n{% endif %}\n",
     "{% if actor or actor_email %}\n触发 By: {{ actor or actor_email }}\n{% endif %}\n",

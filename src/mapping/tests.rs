@@ -482,10 +482,12 @@ fn duration_human() {
 fn every_variable_is_documented() {
     let m = mapper(CI);
     let documented: Vec<&str> = variables().iter().map(|(n, _)| *n).collect();
-    let Event::JobStatus(job) = event(SPEC_JOB) else {
+    let Event::JobStatus(job) = job_with(&[("actor_email", "a@example.com".into())]) else {
         panic!("not a job")
     };
-    let Event::Standup(standup) = event(r#"{"type":"standup","user":"u","done":["a"]}"#) else {
+    let Event::Standup(standup) =
+        event(r#"{"type":"standup","user":"u","done":["a"],"notes":"n"}"#)
+    else {
         panic!("not a standup")
     };
     let mut seen: Vec<&str> = vars::job_status("ci", &job, Some("x"), m.tz, now())

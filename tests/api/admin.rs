@@ -1,0 +1,67 @@
+//! The admin listener: health, readiness, the delivery API and its token.
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_and_readiness_answer_200() {
+    let app = spawn_app().await;
+    assert_eq!(app.get_admin("/healthz").await.status(), 200);
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    // The webhook listener does not serve admin endpoints.
+    let on_webhook_port = app.http.get(format!("{}/metrics", app.address)).send().await.unwrap();
+    assert_eq!(on_webhook_port.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_delivery_is_404_with_the_error_shape() {
+    let app = spawn_app().await;
+    let response = app.get_admin("/v1/deliveries/nope").await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let bad = app.get_admin("/v1/deliveries?state=lost").await;
+    assert_eq!(bad.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_delivery_api_needs_the_admin_token_when_set() {
+    let app = spawn_app_with(TestConfig {
+        admin_token: Some("adm1n"),
+        ..TestConfig::default()
+    })
+    .await;
+    let id = app.accept(&job_status()).await;
+    assert_eq!(app.get_admin(&format!("/v1/deliveries/{id}")).await.status(), 401);
+    let with_token = app
+        .http
+        .get(format!("{}/v1/deliveries/{id}", app.admin_address))
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    let body: Value = with_token.json().await.unwrap();
+    for key in ["delivery_id", "route", "state", "attempts", "last_error", "report_id", "created_at", "updated_at"] {
+        assert!(body.get(key).is_some(), "{key} missing: {body}");
+    }
+    // Metrics and health stay open for scrapers and probes.
+    assert_eq!(app.get_admin("/metrics").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_deliveries() {
+    let app = spawn_app().await;
+    app.fake.push_create_fault(dingtalk_relay::sandbox::Fault::Delay(std::time::Duration::from_millis(500)));
+    let id = app.accept(&job_status()).await;
+    assert!(poll_until(std::time::Duration::from_secs(5), || async { app.fake.create_calls() == 1 }).await);
+    let store = app.state.store.clone();
+    app.stop().await;
+    let delivery = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(delivery.state, dingtalk_relay::store::State::Delivered);
+}

@@ -1,0 +1,285 @@
+//! `spawn_app()` and `TestApp`: a relay on port 0 wired to a fresh fake DingTalk.
+
+use std::time::Duration;
+
+use dingtalk_relay::config::{Mode, Settings};
+use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
+use dingtalk_relay::startup::Application;
+use dingtalk_relay::state::AppState;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const ROUTE_SECRET: &str = "route-s3cret";
+
+/// Options for one test app.
+pub struct TestConfig {
+    /// Extra YAML appended under `routes.ci` (indented 4 spaces).
+    pub route_extra: String,
+    /// Template block for routes.ci.
+    pub template: String,
+    /// Store URL.
+    pub store_url: String,
+    /// Fake DingTalk options.
+    pub fake: FakeOptions,
+    /// Extra top-level YAML sections (server/dingtalk/delivery keys are fixed below).
+    pub max_qps: u32,
+    pub max_attempts: u32,
+    pub timeout: &'static str,
+    pub admin_token: Option<&'static str>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            route_extra: String::new(),
+            template: "{name: \"日报\"}".to_owned(),
+            store_url: "memory:".to_owned(),
+            fake: FakeOptions::default(),
+            max_qps: 20,
+            max_attempts: 4,
+            timeout: "2s",
+            admin_token: None,
+            max_body_bytes: 65536,
+        }
+    }
+}
+
+/// An id-template block matching the fake's 日报 (no lookup needed).
+pub const ID_TEMPLATE: &str = "{id: \"sandbox-daily-report-template\", fields: [{name: \"今日完成工作\", sort: 0}, {name: \"未完成工作\", sort: 1}, {name: \"需协调工作\", sort: 2}]}";
+
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub fake: FakeDingTalk,
+    pub http: reqwest::Client,
+    pub cancel: CancellationToken,
+    pub state: AppState,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn settings_yaml(config: &TestConfig, base_url: &str) -> String {
+    let admin_token = config
+        .admin_token
+        .map_or("null".to_owned(), |t| format!("\"{t}\""));
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  max_body_bytes: {max_body}
+  admin_token: {admin_token}
+dingtalk:
+  base_url: "{base_url}"
+  timeout: {timeout}
+  token_refresh_margin: 5m
+  max_qps: {max_qps}
+  apps:
+    default:
+      app_key: "{app_key}"
+      app_secret: "{app_secret}"
+store:
+  url: "{store}"
+delivery:
+  max_attempts: {max_attempts}
+  initial_backoff: 20ms
+  max_backoff: 100ms
+  dedup_window: 1h
+  concurrency: 8
+timezone: "Asia/Shanghai"
+users:
+  octocat: "dd_octo"
+  "dev@example.com": "dd_dev"
+routes:
+  ci:
+    source: generic
+    secret: "{secret}"
+    template: {template}
+    author: "manager01"
+    to_userids: ["lead01"]
+{extra}
+"#,
+        max_body = config.max_body_bytes,
+        timeout = config.timeout,
+        max_qps = config.max_qps,
+        app_key = config.fake.app_key,
+        app_secret = config.fake.app_secret,
+        store = config.store_url,
+        max_attempts = config.max_attempts,
+        secret = ROUTE_SECRET,
+        template = config.template,
+        extra = config.route_extra,
+    )
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestConfig::default()).await
+}
+
+pub async fn spawn_app_with(config: TestConfig) -> TestApp {
+    init_tracing();
+    let (fake, base_url) = FakeDingTalk::spawn(config.fake.clone())
+        .await
+        .expect("fake DingTalk starts");
+    spawn_app_on(config, fake, base_url).await
+}
+
+/// Starts a relay against an existing fake (restarts reuse one).
+pub async fn spawn_app_on(config: TestConfig, fake: FakeDingTalk, base_url: String) -> TestApp {
+    let yaml = settings_yaml(&config, &base_url);
+    let settings = Settings::from_yaml(&yaml).expect("test settings parse");
+    let app = Application::build(settings, Mode::Production)
+        .await
+        .expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
+    let state = app.state().clone();
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(cancel.clone()));
+    TestApp {
+        address,
+        admin_address,
+        fake,
+        http: reqwest::Client::new(),
+        cancel,
+        state,
+        server,
+    }
+}
+
+fn init_tracing() {
+    if std::env::var("TEST_LOG").is_ok() {
+        dingtalk_relay::telemetry::init(&Default::default());
+    }
+}
+
+pub fn job_status() -> Value {
+    json!({"type":"job_status","job":"build","status":"success","project":"acme/api","pipeline":"CI",
+        "run_id":"812","branch":"main","commit":"9f2c1e7","commit_message":"Fix flaky test",
+        "url":"https://ci.example.com/runs/812","actor":"octocat","started_at":"2026-11-24T08:00:00Z",
+        "finished_at":"2026-11-24T08:03:12Z","duration_secs":192,"summary":"418 tests passed"})
+}
+
+/// A job_status that differs by `n` (so dedup does not merge them).
+pub fn job_status_n(n: usize) -> Value {
+    let mut body = job_status();
+    body["run_id"] = json!(n.to_string());
+    body["summary"] = json!(format!("run {n}"));
+    body
+}
+
+impl TestApp {
+    pub async fn post_hook(&self, route: &str, body: &Value) -> reqwest::Response {
+        self.post_raw(route, body.to_string().into_bytes(), &[]).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        route: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut map = reqwest::header::HeaderMap::new();
+        map.insert("content-type", "application/json".parse().unwrap());
+        map.insert(
+            "authorization",
+            format!("Bearer {ROUTE_SECRET}").parse().unwrap(),
+        );
+        for (k, v) in headers {
+            let name: reqwest::header::HeaderName = k.parse().unwrap();
+            if v.is_empty() {
+                map.remove(&name);
+            } else {
+                map.insert(name, v.parse().unwrap());
+            }
+        }
+        self.http
+            .post(format!("{}/v1/hooks/{route}", self.address))
+            .headers(map)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_admin(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.admin_address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get_admin("/metrics").await.text().await.unwrap()
+    }
+
+    pub async fn delivery(&self, id: &str) -> Value {
+        self.get_admin(&format!("/v1/deliveries/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Posts and returns the delivery id of a 202.
+    pub async fn accept(&self, body: &Value) -> String {
+        let response = self.post_hook("ci", body).await;
+        assert_eq!(response.status(), 202);
+        let answer: Value = response.json().await.unwrap();
+        answer["delivery_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the delivery reaches `state`.
+    pub async fn wait_for_state(&self, id: &str, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let last = self.delivery(id).await;
+            if last["state"] == state {
+                return last;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "delivery {id} never reached {state}: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn poll_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A metric sample's value (sum over series whose labels contain every `labels` pair).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

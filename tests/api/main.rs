@@ -1,0 +1,9 @@
+//! Integration tests: the real server on port 0 against the fake DingTalk.
+
+mod helpers;
+
+mod admin;
+mod delivery_retry;
+mod metrics;
+mod token_cache;
+mod webhook;

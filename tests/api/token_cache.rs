@@ -1,0 +1,97 @@
+//! The access_token: one fetch for a burst, one refetch when DingTalk drops it.
+
+use dingtalk_relay::sandbox::Fault;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn concurrent_first_deliveries_fetch_exactly_one_token() {
+    // Arrange: an id template, so startup makes no DingTalk call at all.
+    let app = spawn_app_with(TestConfig {
+        template: ID_TEMPLATE.to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    assert_eq!(app.fake.gettoken_calls(), 0);
+    // Act: 40 webhooks at once.
+    let posts = (0..40).map(|n| {
+        let app = &app;
+        async move { app.accept(&job_status_n(n)).await }
+    });
+    let ids = futures::future::join_all(posts).await;
+    // Assert
+    for id in &ids {
+        app.wait_for_state(id, "delivered").await;
+    }
+    assert_eq!(app.fake.gettoken_calls(), 1);
+    assert_eq!(app.fake.reports().len(), 40);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_invalidated_upstream_is_refetched_once_and_nothing_is_lost() {
+    let app = spawn_app().await;
+    let first = app.accept(&job_status_n(1)).await;
+    app.wait_for_state(&first, "delivered").await;
+    let tokens_before = app.fake.gettoken_calls();
+    // Act: DingTalk forgets the token (88 / 40014 on next use).
+    app.fake.invalidate_tokens();
+    let second = app.accept(&job_status_n(2)).await;
+    // Assert
+    let delivery = app.wait_for_state(&second, "delivered").await;
+    assert_eq!(delivery["attempts"], 1, "refresh-and-retry happens inside one attempt");
+    assert_eq!(app.fake.gettoken_calls(), tokens_before + 1);
+    assert_eq!(app.fake.reports().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refetched() {
+    let app = spawn_app().await;
+    let first = app.accept(&job_status_n(1)).await;
+    app.wait_for_state(&first, "delivered").await;
+    let tokens_before = app.fake.gettoken_calls();
+    app.fake.expire_tokens();
+    let second = app.accept(&job_status_n(2)).await;
+    app.wait_for_state(&second, "delivered").await;
+    assert_eq!(app.fake.gettoken_calls(), tokens_before + 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_error_that_persists_after_one_refresh_fails_the_delivery() {
+    let app = spawn_app().await;
+    let first = app.accept(&job_status_n(1)).await;
+    app.wait_for_state(&first, "delivered").await;
+    let tokens_before = app.fake.gettoken_calls();
+    app.fake.push_create_fault(Fault::Wrapped("40014".to_owned()));
+    app.fake.push_create_fault(Fault::Wrapped("40014".to_owned()));
+    let second = app.accept(&job_status_n(2)).await;
+    let delivery = app.wait_for_state(&second, "failed").await;
+    assert_eq!(delivery["last_error"]["errcode"], 40014);
+    assert_eq!(app.fake.gettoken_calls(), tokens_before + 1, "no refresh loop");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_app_credentials_fail_with_the_errcode_kept() {
+    let mut config = TestConfig {
+        template: ID_TEMPLATE.to_owned(),
+        ..TestConfig::default()
+    };
+    let (fake, base_url) = dingtalk_relay::sandbox::FakeDingTalk::spawn(config.fake.clone())
+        .await
+        .unwrap();
+    config.fake.app_secret = "not-the-secret".to_owned();
+    let app = spawn_app_on(config, fake, base_url).await;
+    let id = app.accept(&job_status()).await;
+    let delivery = app.wait_for_state(&id, "failed").await;
+    assert_eq!(delivery["last_error"]["errcode"], 40096);
+    assert_eq!(app.fake.create_calls(), 0);
+    let metrics = app.metrics().await;
+    assert!(metric_value(&metrics, "dingtalk_relay_token_refreshes_total", &[("outcome", "error")]) >= 1.0);
+    // The secret never shows in the API.
+    let text = app.get_admin(&format!("/v1/deliveries/{id}")).await.text().await.unwrap();
+    assert!(!text.contains("not-the-secret"));
+    app.stop().await;
+}
