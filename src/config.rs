@@ -765,13 +765,11 @@ impl Settings {
                 }
             }
         }
-        if let Some(fields) = &route.fields {
-            if fields.is_empty() {
-                push(
-                    format!("{path}.fields"),
-                    "is empty; leave it out for the built-in templates".to_owned(),
-                );
-            }
+        if route.fields.as_ref().is_some_and(BTreeMap::is_empty) {
+            push(
+                format!("{path}.fields"),
+                "is empty; leave it out for the built-in templates".to_owned(),
+            );
         }
         for (i, event) in route.events.iter().enumerate() {
             if !PHASES.contains(&event.as_str()) {

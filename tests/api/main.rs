@@ -1,4 +1,5 @@
 //! Integration tests: the real server on port 0 against the fake DingTalk.
+#![allow(unreachable_pub)]
 
 mod helpers;
 
