@@ -22,26 +22,44 @@ pub fn load_checked(file: Option<&Path>, mode: Mode) -> Result<(Settings, Mapper
     match Mapper::new(&settings) {
         Ok(mapper) if issues.is_empty() => return Ok((settings, mapper)),
         Ok(_) => {}
-        Err(more) => issues.extend(more),
+        Err(more) => {
+            for issue in more {
+                if !issues.contains(&issue) {
+                    issues.push(issue);
+                }
+            }
+        }
     }
     Err(ConfigError::Invalid(issues))
 }
 
 /// `check-config`: validates everything; with `online`, also resolves each route's template
 /// against DingTalk. Returns the summary to print.
-pub async fn check_config(file: Option<&Path>, online: bool, sandbox: bool) -> anyhow::Result<String> {
-    let mode = if sandbox { Mode::Sandbox } else { Mode::Production };
+pub async fn check_config(
+    file: Option<&Path>,
+    online: bool,
+    sandbox: bool,
+) -> anyhow::Result<String> {
+    let mode = if sandbox {
+        Mode::Sandbox
+    } else {
+        Mode::Production
+    };
     let (settings, _) = load_checked(file, mode)?;
     if online {
-        let client = DingTalkClient::new(&settings.dingtalk, Metrics::new())
-            .map_err(|e| anyhow!("{e}"))?;
+        let client =
+            DingTalkClient::new(&settings.dingtalk, Metrics::new()).map_err(|e| anyhow!("{e}"))?;
         check_templates(&settings, &client).await?;
     }
     Ok(format!(
         "configuration is valid: {} route(s), {} app(s){}",
         settings.routes.len(),
         settings.dingtalk.apps.len(),
-        if online { ", templates checked against DingTalk" } else { "" }
+        if online {
+            ", templates checked against DingTalk"
+        } else {
+            ""
+        }
     ))
 }
 
@@ -65,15 +83,21 @@ pub async fn render(
     headers: &[String],
     online: bool,
 ) -> anyhow::Result<Rendered> {
-    let mode = if online { Mode::Production } else { Mode::Offline };
+    let mode = if online {
+        Mode::Production
+    } else {
+        Mode::Offline
+    };
     let (settings, mapper) = load_checked(file, mode)?;
     let mut map = HeaderMap::new();
     for h in headers {
         let (name, value) = h
             .split_once(':')
             .ok_or_else(|| anyhow!("-H {h:?}: expected 'Name: value'"))?;
-        let name = HeaderName::try_from(name.trim()).with_context(|| format!("-H {h:?}: bad header name"))?;
-        let value = HeaderValue::try_from(value.trim()).with_context(|| format!("-H {h:?}: bad header value"))?;
+        let name = HeaderName::try_from(name.trim())
+            .with_context(|| format!("-H {h:?}: bad header name"))?;
+        let value = HeaderValue::try_from(value.trim())
+            .with_context(|| format!("-H {h:?}: bad header value"))?;
         map.append(name, value);
     }
     let prepared = match prepare(&settings, &mapper, route, &map, body, chrono::Utc::now()) {
@@ -82,7 +106,9 @@ pub async fn render(
     };
     let (draft, truncated) = match prepared {
         Prepared::Ignored(reason) => return Ok(Rendered::Ignored(reason)),
-        Prepared::Report { draft, truncated, .. } => (draft, truncated),
+        Prepared::Report {
+            draft, truncated, ..
+        } => (draft, truncated),
     };
     if !truncated.is_empty() {
         tracing::warn!(fields = ?truncated, "contents cut at 1000 characters");

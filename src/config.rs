@@ -411,7 +411,7 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(String),
     /// The configuration loaded but is inconsistent; every problem is listed.
-    #[error("configuration is invalid:\n{}", .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    #[error("configuration is invalid: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<ConfigIssue>),
 }
 
@@ -556,7 +556,10 @@ impl Settings {
             if app.app_key.trim().is_empty() {
                 push(format!("{path}.app_key"), "is empty".to_owned());
             }
-            let missing = app.app_secret.as_ref().is_none_or(|s| s.expose().is_empty());
+            let missing = app
+                .app_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty());
             if mode == Mode::Production && missing {
                 push(
                     format!("{path}.app_secret"),
@@ -923,7 +926,8 @@ routes:
     fn unknown_keys_are_rejected() {
         let err = Settings::from_yaml(&format!("{BASE}\nbogus: 1\n")).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
-        let err = Settings::from_yaml(&BASE.replace("author:", "autor: x\n    author:")).unwrap_err();
+        let err =
+            Settings::from_yaml(&BASE.replace("author:", "autor: x\n    author:")).unwrap_err();
         assert!(err.to_string().contains("autor"), "{err}");
     }
 
@@ -966,9 +970,17 @@ routes:
     fn production_requires_app_secret_and_route_secret() {
         let s = Settings::from_yaml(&BASE.replace("    secret: \"s3cret\"\n", "")).unwrap();
         let issues = s.issues(Mode::Production);
-        assert!(issues.iter().any(|i| i.path == "dingtalk.apps.default.app_secret"));
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.path == "dingtalk.apps.default.app_secret")
+        );
         assert!(issues.iter().any(|i| i.path == "routes.ci.secret"));
-        assert!(s.issues(Mode::Sandbox).is_empty(), "{:?}", s.issues(Mode::Sandbox));
+        assert!(
+            s.issues(Mode::Sandbox).is_empty(),
+            "{:?}",
+            s.issues(Mode::Sandbox)
+        );
     }
 
     #[test]
@@ -979,8 +991,14 @@ routes:
         ) + "    fields: {A: \"x\", B: \"y\", C: \"z\"}\n";
         let s = Settings::from_yaml(&yaml).unwrap();
         let issues = s.issues(Mode::Offline);
-        assert!(issues.iter().any(|i| i.path == "routes.ci.fields.C"), "{issues:?}");
-        assert!(issues.iter().any(|i| i.path == "routes.ci.fields.B"), "{issues:?}");
+        assert!(
+            issues.iter().any(|i| i.path == "routes.ci.fields.C"),
+            "{issues:?}"
+        );
+        assert!(
+            issues.iter().any(|i| i.path == "routes.ci.fields.B"),
+            "{issues:?}"
+        );
         assert!(!issues.iter().any(|i| i.path == "routes.ci.fields.A"));
     }
 
@@ -994,12 +1012,22 @@ routes:
                 "DINGTALK_RELAY__DINGTALK__APPS__DEFAULT__APP_SECRET".to_owned(),
                 "from-env".to_owned(),
             ),
-            ("DINGTALK_RELAY__DINGTALK__MAX_QPS".to_owned(), "7".to_owned()),
-            ("DINGTALK_RELAY__ROUTES__CI__SECRET".to_owned(), "12345".to_owned()),
+            (
+                "DINGTALK_RELAY__DINGTALK__MAX_QPS".to_owned(),
+                "7".to_owned(),
+            ),
+            (
+                "DINGTALK_RELAY__ROUTES__CI__SECRET".to_owned(),
+                "12345".to_owned(),
+            ),
         ];
         let s = Settings::load_with_env(Some(&file), env).unwrap();
         assert_eq!(
-            s.dingtalk.apps["default"].app_secret.as_ref().unwrap().expose(),
+            s.dingtalk.apps["default"]
+                .app_secret
+                .as_ref()
+                .unwrap()
+                .expose(),
             "from-env"
         );
         assert_eq!(s.dingtalk.max_qps, 7);

@@ -115,7 +115,9 @@ async fn run(command: Command) -> ExitCode {
                     &serde_json::json!({"status": "ignored", "reason": reason}),
                 )),
                 Ok(Rendered::Rejected(status, body)) => {
-                    print_out(&pretty(&serde_json::json!({"rejected": status, "answer": body})));
+                    print_out(&pretty(
+                        &serde_json::json!({"rejected": status, "answer": body}),
+                    ));
                     ExitCode::from(2)
                 }
                 Err(e) => fail(&one_line(&e)),
@@ -142,7 +144,11 @@ async fn serve(config: Option<PathBuf>, sandbox: bool) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     telemetry::init(&settings.log);
-    let mode = if sandbox { Mode::Sandbox } else { Mode::Production };
+    let mode = if sandbox {
+        Mode::Sandbox
+    } else {
+        Mode::Production
+    };
     let app = match Application::build(settings, mode).await {
         Ok(app) => app,
         Err(e) => {
@@ -150,7 +156,12 @@ async fn serve(config: Option<PathBuf>, sandbox: bool) -> ExitCode {
             return fail(&one_line(&e));
         }
     };
-    tracing::info!(port = app.port(), admin_port = app.admin_port(), sandbox, "dingtalk-relay listening");
+    tracing::info!(
+        port = app.port(),
+        admin_port = app.admin_port(),
+        sandbox,
+        "dingtalk-relay listening"
+    );
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_signal(cancel.clone()));
     match app.run_until_stopped(cancel).await {

@@ -53,9 +53,7 @@ impl Application {
             None
         };
         settings.validate(mode)?;
-        let mapper = Mapper::new(&settings).map_err(|issues| {
-            crate::config::ConfigError::Invalid(issues)
-        })?;
+        let mapper = Mapper::new(&settings).map_err(crate::config::ConfigError::Invalid)?;
         for (name, route) in &settings.routes {
             if route.secret.is_none() {
                 tracing::warn!(route = %name, "route has no secret: anyone can post to it");
@@ -105,7 +103,10 @@ impl Application {
 
     /// The admin listener's port.
     pub fn admin_port(&self) -> u16 {
-        self.admin_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.admin_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     /// The shared state (tests inspect the store and the sandbox through it).
@@ -118,8 +119,11 @@ impl Application {
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let webhook = axum::serve(self.listener, inbound::router(self.state.clone()))
             .with_graceful_shutdown(cancel.clone().cancelled_owned());
-        let admin = axum::serve(self.admin_listener, inbound::admin_router(self.state.clone()))
-            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let admin = axum::serve(
+            self.admin_listener,
+            inbound::admin_router(self.state.clone()),
+        )
+        .with_graceful_shutdown(cancel.clone().cancelled_owned());
         let workers = tokio::spawn(self.worker.run(cancel.clone()));
         let (webhook, admin) = tokio::join!(webhook, admin);
         webhook.context("webhook listener")?;
@@ -151,7 +155,9 @@ pub async fn check_templates(settings: &Settings, client: &DingTalkClient) -> an
                 continue;
             }
             Ok(Err(e)) if e.disposition(true) == dingtalk::Disposition::Permanent => {
-                problems.push(format!("routes.{name}.template: DingTalk refused the lookup: {e}"));
+                problems.push(format!(
+                    "routes.{name}.template: DingTalk refused the lookup: {e}"
+                ));
                 continue;
             }
             Ok(Err(e)) => {
@@ -168,13 +174,20 @@ pub async fn check_templates(settings: &Settings, client: &DingTalkClient) -> an
             None => STANDARD_FIELDS.to_vec(),
         };
         if let Err(e) = dingtalk::check_fields(&template, fields) {
-            let key = if route.fields.is_some() { "fields" } else { "template" };
+            let key = if route.fields.is_some() {
+                "fields"
+            } else {
+                "template"
+            };
             problems.push(format!("routes.{name}.{key}: {e}"));
         }
     }
     if problems.is_empty() {
         Ok(())
     } else {
-        bail!("templates do not fit the configuration:\n  {}", problems.join("\n  "))
+        bail!(
+            "templates do not fit the configuration: {}",
+            problems.join("; ")
+        )
     }
 }

@@ -177,8 +177,8 @@ impl Worker {
     }
 
     async fn prune(&self) {
-        let window = chrono::Duration::from_std(self.settings.dedup_window)
-            .unwrap_or(chrono::Duration::MAX);
+        let window =
+            chrono::Duration::from_std(self.settings.dedup_window).unwrap_or(chrono::Duration::MAX);
         let before = Utc::now().checked_sub_signed(window).unwrap_or_default();
         match self.store.prune(before).await {
             Ok(0) => {}
@@ -209,7 +209,10 @@ impl Worker {
         };
         if let Some(since) = delivery.sending_since {
             // A previous attempt may have created the report: look before sending again.
-            match self.reconcile(&delivery, &template.name, &param, since).await {
+            match self
+                .reconcile(&delivery, &template.name, &param, since)
+                .await
+            {
                 Some(Reconciliation::Found(report_id)) => {
                     tracing::info!(report_id, "report found by reconciliation; not resending");
                     return self.delivered(&delivery, &report_id).await;
@@ -244,7 +247,12 @@ impl Worker {
         let name = (!template_name.is_empty()).then_some(template_name);
         match self
             .client
-            .find_report(&delivery.draft.app, name.unwrap_or_default(), param, since_ms)
+            .find_report(
+                &delivery.draft.app,
+                name.unwrap_or_default(),
+                param,
+                since_ms,
+            )
             .await
         {
             Ok(found) => Some(found),

@@ -99,9 +99,13 @@ impl DingTalkClient {
         .map_err(|e| Error::Config(format!("report body: {e}")))?;
         let limiter = &self.app(app)?.limiter;
         let answer = self
-            .call_with_token(app, api::REPORT_CREATE, "/topapi/report/create", &body, || {
-                limiter.acquire()
-            })
+            .call_with_token(
+                app,
+                api::REPORT_CREATE,
+                "/topapi/report/create",
+                &body,
+                || limiter.acquire(),
+            )
             .await?;
         match answer.get("result") {
             Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
@@ -280,7 +284,10 @@ impl DingTalkClient {
             .inner
             .http
             .get(format!("{}/gettoken", self.inner.base_url))
-            .query(&[("appkey", app.app_key.as_str()), ("appsecret", secret.expose())]);
+            .query(&[
+                ("appkey", app.app_key.as_str()),
+                ("appsecret", secret.expose()),
+            ]);
         let answer = self.send(api::GETTOKEN, request).await?;
         let token: TokenAnswer =
             serde_json::from_value(answer).map_err(|e| Error::InvalidBody {

@@ -68,7 +68,11 @@ pub struct TemplateField {
     #[serde(deserialize_with = "lenient_i64")]
     pub sort: i64,
     /// `type` (1 = text).
-    #[serde(rename = "type", deserialize_with = "lenient_i64", default = "text_kind")]
+    #[serde(
+        rename = "type",
+        deserialize_with = "lenient_i64",
+        default = "text_kind"
+    )]
     pub kind: i64,
 }
 

@@ -16,7 +16,9 @@ pub(crate) struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 

@@ -25,7 +25,10 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/deliveries/{id}", get(get_delivery))
         .route("/v1/deliveries/{id}/retry", post(retry_delivery))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_admin_token));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            require_admin_token,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(health_check))
@@ -34,7 +37,11 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .merge(api)
 }
 
-async fn require_admin_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_admin_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &state.settings.server.admin_token {
         let given = request
             .headers()
@@ -67,7 +74,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Err(e) => tracing::warn!(error = %e, "queue stats unavailable for /metrics"),
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
@@ -125,7 +135,10 @@ fn store_error(e: crate::store::Error) -> ApiError {
     ApiError::unavailable("the store is unavailable", 5)
 }
 
-async fn get_delivery(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_delivery(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     match state.store.get(&id).await.map_err(store_error)? {
         Some(d) => Ok(Json(delivery_json(&d))),
         None => Err(ApiError::not_found(format!("no delivery {id:?}"))),
@@ -146,7 +159,9 @@ async fn list_deliveries(
         None | Some("") => None,
         Some(name) => Some(DeliveryState::parse(name).ok_or_else(|| {
             ApiError::bad_request(
-                format!("state: {name:?} is not one of queued, delivering, delivered, failed, ignored"),
+                format!(
+                    "state: {name:?} is not one of queued, delivering, delivered, failed, ignored"
+                ),
                 "state",
             )
         })?),
@@ -162,7 +177,9 @@ async fn list_deliveries(
             })?,
     };
     let list = state.store.list(filter, limit).await.map_err(store_error)?;
-    Ok(Json(json!({"deliveries": list.iter().map(delivery_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"deliveries": list.iter().map(delivery_json).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn retry_delivery(

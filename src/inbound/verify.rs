@@ -10,8 +10,10 @@ use crate::config::Secret;
 /// Checks a generic route's secret: `Authorization: Bearer <secret>`, or an HMAC-SHA256 of
 /// the raw body in `X-Signature-256: sha256=<hex>`. Err says what was missing or wrong.
 pub fn generic(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
-    let bearer = header(headers, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let bearer = header(headers, "authorization").and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    });
     let signature = header(headers, "x-signature-256");
     if bearer.is_none() && signature.is_none() {
         return Err(
@@ -48,8 +50,8 @@ pub fn hmac_sha256_matches(secret: &Secret, body: &[u8], signature: &str) -> boo
 
 /// The HMAC-SHA256 of `body` as `sha256=<hex>` (what senders compute; used by tests and docs).
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC accepts keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }

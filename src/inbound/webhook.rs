@@ -121,8 +121,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-    {
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else {
         Err(ApiError::unsupported_media_type(text))
@@ -165,7 +164,8 @@ async fn receive_webhook(
     } else {
         "_unknown"
     };
-    let (outcome, response) = match handle(&state, &route_name, query.as_deref(), &headers, body).await
+    let (outcome, response) = match handle(&state, &route_name, query.as_deref(), &headers, body)
+        .await
     {
         Ok(answer) => answer,
         Err(error) => {
@@ -244,7 +244,11 @@ async fn handle(
     };
     let enqueued = state
         .store
-        .enqueue(new, settings.delivery.dedup_window, settings.store.max_queued)
+        .enqueue(
+            new,
+            settings.delivery.dedup_window,
+            settings.store.max_queued,
+        )
         .await
         .map_err(|e| match e {
             store::Error::Full(_) => ApiError::unavailable(
@@ -355,13 +359,21 @@ mod tests {
 
     #[test]
     fn content_types() {
-        let ok = ["application/json", "application/json; charset=utf-8", "application/vnd.x+json"];
+        let ok = [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.x+json",
+        ];
         for ct in ok {
             let mut h = HeaderMap::new();
             h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
             assert!(check_content_type(&h).is_ok(), "{ct}");
         }
-        for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"] {
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        ] {
             let mut h = HeaderMap::new();
             h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
             assert_eq!(

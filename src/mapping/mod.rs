@@ -515,6 +515,9 @@ fn compile_branches(
     }
 }
 
+/// Instructions one render may execute (a normal field template needs a few hundred).
+const RENDER_FUEL: u64 = 100_000;
+
 /// The template environment every field template is compiled in.
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
@@ -523,6 +526,9 @@ fn environment() -> Environment<'static> {
     env.set_keep_trailing_newline(false);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
+    // A field template comes from configuration; bound its work so a runaway loop fails the
+    // render instead of stalling a request.
+    env.set_fuel(Some(RENDER_FUEL));
     env.add_filter("bullets", bullets);
     env.add_filter("numbered", numbered);
     env

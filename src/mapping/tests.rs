@@ -318,7 +318,13 @@ fn actor_author_mapping() {
 "#,
     );
     // (label, actor, actor_email, Ok(author) or Err(ignored reason))
-    let cases: &[(&str, Option<&str>, Option<&str>, Result<&str, &str>)] = &[
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Result<&'a str, &'a str>,
+    );
+    let cases: &[Case<'_>] = &[
         ("login", Some("octocat"), None, Ok("dd_user_01")),
         ("login, other case", Some("OctoCat"), None, Ok("dd_user_01")),
         (
@@ -398,13 +404,14 @@ fn variables_render_in_the_time_zone() {
       今日完成工作: "{{ started_at }}|{{ finished_at }}|{{ date }}|{{ timezone }}|{{ duration_secs }}|{{ duration_human }}"
 "#;
     // (label, timezone line, now, changes, expected)
-    let cases: &[(
-        &str,
-        &str,
+    type Case<'a> = (
+        &'a str,
+        &'a str,
         DateTime<Utc>,
-        Vec<(&str, serde_json::Value)>,
-        &str,
-    )] = &[
+        Vec<(&'a str, serde_json::Value)>,
+        &'a str,
+    );
+    let cases: &[Case<'_>] = &[
         (
             "Asia/Shanghai is UTC+8",
             "",

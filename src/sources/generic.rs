@@ -294,7 +294,8 @@ mod tests {
 
     #[test]
     fn job_status_lenient_values() {
-        let cases: &[(&str, &str, fn(&JobStatus) -> bool)] = &[
+        type Case = (&'static str, &'static str, fn(&JobStatus) -> bool);
+        let cases: &[Case] = &[
             (
                 "unknown status kept",
                 r#"{"type":"job_status","job":"b","status":"Flaky"}"#,
@@ -367,7 +368,8 @@ mod tests {
 
     #[test]
     fn standup_lenient_values() {
-        let cases: &[(&str, &str, fn(&Standup) -> bool)] = &[
+        type Case = (&'static str, &'static str, fn(&Standup) -> bool);
+        let cases: &[Case] = &[
             (
                 "single string is a one-item list",
                 r#"{"type":"standup","userid":"dd1","todo":"Write docs"}"#,

@@ -163,10 +163,11 @@ impl JobStatus {
 
     /// The duration: given, or finished − started.
     pub fn duration_secs(&self) -> Option<u64> {
-        self.duration_secs.or_else(|| match (self.started_at, self.finished_at) {
-            (Some(s), Some(f)) if f >= s => u64::try_from((f - s).num_seconds()).ok(),
-            _ => None,
-        })
+        self.duration_secs
+            .or_else(|| match (self.started_at, self.finished_at) {
+                (Some(s), Some(f)) if f >= s => u64::try_from((f - s).num_seconds()).ok(),
+                _ => None,
+            })
     }
 }
 

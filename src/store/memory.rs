@@ -245,9 +245,9 @@ impl Store for MemoryStore {
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut inner = self.lock();
         let old_deliveries = inner.deliveries.len();
-        inner
-            .deliveries
-            .retain(|_, d| !(matches!(d.state, State::Delivered | State::Ignored) && d.updated_at < before));
+        inner.deliveries.retain(|_, d| {
+            !(matches!(d.state, State::Delivered | State::Ignored) && d.updated_at < before)
+        });
         let old_dedup = inner.dedup.len();
         inner.dedup.retain(|_, (_, at)| *at >= before);
         Ok((old_deliveries - inner.deliveries.len() + old_dedup - inner.dedup.len()) as u64)

@@ -168,8 +168,12 @@ pub trait Store: Send + Sync + 'static {
     /// Takes up to `limit` deliveries that are due (queued with `next_attempt_at <= now`, or
     /// delivering with an expired lease), marks them delivering until `now + lease` and counts
     /// an attempt.
-    async fn claim(&self, now: DateTime<Utc>, limit: usize, lease: Duration)
-    -> Result<Vec<Delivery>>;
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>>;
     /// Records that a create request is about to be sent (see [`Delivery::sending_since`]).
     async fn mark_sending(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
     /// The report was created.

@@ -11,9 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{
-    Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store,
-};
+use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store};
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -89,7 +87,8 @@ fn row_to_delivery(row: &sqlx::sqlite::SqliteRow) -> Result<Delivery> {
         message,
     };
     let state_name: String = row.try_get("state").map_err(unavailable)?;
-    let state = State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
+    let state =
+        State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
     let draft: String = row.try_get("draft").map_err(unavailable)?;
     let draft = serde_json::from_str(&draft).map_err(|e| corrupt(format!("draft: {e}")))?;
     let errcode: Option<i64> = row.try_get("last_errcode").map_err(unavailable)?;

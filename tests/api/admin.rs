@@ -11,7 +11,12 @@ async fn health_and_readiness_answer_200() {
     let ready = app.get_admin("/readyz").await;
     assert_eq!(ready.status(), 200);
     // The webhook listener does not serve admin endpoints.
-    let on_webhook_port = app.http.get(format!("{}/metrics", app.address)).send().await.unwrap();
+    let on_webhook_port = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(on_webhook_port.status(), 404);
     app.stop().await;
 }
@@ -36,7 +41,12 @@ async fn the_delivery_api_needs_the_admin_token_when_set() {
     })
     .await;
     let id = app.accept(&job_status()).await;
-    assert_eq!(app.get_admin(&format!("/v1/deliveries/{id}")).await.status(), 401);
+    assert_eq!(
+        app.get_admin(&format!("/v1/deliveries/{id}"))
+            .await
+            .status(),
+        401
+    );
     let with_token = app
         .http
         .get(format!("{}/v1/deliveries/{id}", app.admin_address))
@@ -46,7 +56,16 @@ async fn the_delivery_api_needs_the_admin_token_when_set() {
         .unwrap();
     assert_eq!(with_token.status(), 200);
     let body: Value = with_token.json().await.unwrap();
-    for key in ["delivery_id", "route", "state", "attempts", "last_error", "report_id", "created_at", "updated_at"] {
+    for key in [
+        "delivery_id",
+        "route",
+        "state",
+        "attempts",
+        "last_error",
+        "report_id",
+        "created_at",
+        "updated_at",
+    ] {
         assert!(body.get(key).is_some(), "{key} missing: {body}");
     }
     // Metrics and health stay open for scrapers and probes.
@@ -57,9 +76,17 @@ async fn the_delivery_api_needs_the_admin_token_when_set() {
 #[tokio::test]
 async fn shutdown_finishes_in_flight_deliveries() {
     let app = spawn_app().await;
-    app.fake.push_create_fault(dingtalk_relay::sandbox::Fault::Delay(std::time::Duration::from_millis(500)));
+    app.fake
+        .push_create_fault(dingtalk_relay::sandbox::Fault::Delay(
+            std::time::Duration::from_millis(500),
+        ));
     let id = app.accept(&job_status()).await;
-    assert!(poll_until(std::time::Duration::from_secs(5), || async { app.fake.create_calls() == 1 }).await);
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || async {
+            app.fake.create_calls() == 1
+        })
+        .await
+    );
     let store = app.state.store.clone();
     app.stop().await;
     let delivery = store.get(&id).await.unwrap().unwrap();

@@ -29,7 +29,11 @@ async fn transient_errors_are_retried_until_delivered() {
         assert_eq!(app.fake.reports().len(), 1, "{label}");
         let metrics = app.metrics().await;
         assert_eq!(
-            metric_value(&metrics, "dingtalk_relay_deliveries_total", &[("outcome", "retried")]),
+            metric_value(
+                &metrics,
+                "dingtalk_relay_deliveries_total",
+                &[("outcome", "retried")]
+            ),
             1.0,
             "{label}"
         );
@@ -56,7 +60,11 @@ async fn permanent_errors_fail_at_once_with_the_errcode_kept() {
         assert_eq!(app.fake.create_calls(), 1, "{label}: not retried");
         let failed = app.get_admin("/v1/deliveries?state=failed&limit=5").await;
         let failed: serde_json::Value = failed.json().await.unwrap();
-        assert_eq!(failed["deliveries"][0]["delivery_id"], id.as_str(), "{label}");
+        assert_eq!(
+            failed["deliveries"][0]["delivery_id"],
+            id.as_str(),
+            "{label}"
+        );
         app.stop().await;
     }
 }
@@ -83,7 +91,8 @@ async fn retries_stop_after_max_attempts() {
 #[tokio::test]
 async fn a_failed_delivery_can_be_retried_by_an_operator() {
     let app = spawn_app().await;
-    app.fake.push_create_fault(Fault::Wrapped("60011".to_owned()));
+    app.fake
+        .push_create_fault(Fault::Wrapped("60011".to_owned()));
     let id = app.accept(&job_status()).await;
     app.wait_for_state(&id, "failed").await;
     let response = app
@@ -133,18 +142,26 @@ async fn a_create_whose_answer_is_lost_is_reconciled_not_doubled() {
         ..TestConfig::default()
     })
     .await;
-    app.fake.push_create_fault(Fault::CommitThenHang(Duration::from_secs(3)));
+    app.fake
+        .push_create_fault(Fault::CommitThenHang(Duration::from_secs(3)));
     // Act
     let id = app.accept(&job_status()).await;
     // Assert: found by report/list, recorded as delivered, never sent twice.
     let delivery = app.wait_for_state(&id, "delivered").await;
     assert_eq!(app.fake.reports().len(), 1);
-    assert_eq!(delivery["report_id"], app.fake.reports()[0].report_id.as_str());
+    assert_eq!(
+        delivery["report_id"],
+        app.fake.reports()[0].report_id.as_str()
+    );
     assert_eq!(app.fake.create_calls(), 1);
     assert!(app.fake.list_calls() >= 1);
     let metrics = app.metrics().await;
     assert_eq!(
-        metric_value(&metrics, "dingtalk_relay_deliveries_total", &[("outcome", "ambiguous")]),
+        metric_value(
+            &metrics,
+            "dingtalk_relay_deliveries_total",
+            &[("outcome", "ambiguous")]
+        ),
         1.0
     );
     app.stop().await;
@@ -161,12 +178,16 @@ async fn a_lost_answer_for_a_create_that_did_not_happen_is_resent() {
     // the relay's connection is gone by then... so use a plain delay: report/list finds
     // nothing created yet by the time it looks? No: Delay answers normally later, which
     // still creates. Use a 502 after the timeout instead: nothing is created.
-    app.fake.push_create_fault(Fault::Delay(Duration::from_millis(1500)));
+    app.fake
+        .push_create_fault(Fault::Delay(Duration::from_millis(1500)));
     let id = app.accept(&job_status()).await;
     let delivery = app.wait_for_state(&id, "delivered").await;
     // Whatever the timing, exactly one report exists and the delivery points at it.
     assert_eq!(app.fake.reports().len(), 1);
-    assert_eq!(delivery["report_id"], app.fake.reports()[0].report_id.as_str());
+    assert_eq!(
+        delivery["report_id"],
+        app.fake.reports()[0].report_id.as_str()
+    );
     app.stop().await;
 }
 

@@ -170,7 +170,8 @@ pub fn job_status_n(n: usize) -> Value {
 
 impl TestApp {
     pub async fn post_hook(&self, route: &str, body: &Value) -> reqwest::Response {
-        self.post_raw(route, body.to_string().into_bytes(), &[]).await
+        self.post_raw(route, body.to_string().into_bytes(), &[])
+            .await
     }
 
     pub async fn post_raw(

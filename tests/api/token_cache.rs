@@ -39,7 +39,10 @@ async fn a_token_invalidated_upstream_is_refetched_once_and_nothing_is_lost() {
     let second = app.accept(&job_status_n(2)).await;
     // Assert
     let delivery = app.wait_for_state(&second, "delivered").await;
-    assert_eq!(delivery["attempts"], 1, "refresh-and-retry happens inside one attempt");
+    assert_eq!(
+        delivery["attempts"], 1,
+        "refresh-and-retry happens inside one attempt"
+    );
     assert_eq!(app.fake.gettoken_calls(), tokens_before + 1);
     assert_eq!(app.fake.reports().len(), 2);
     app.stop().await;
@@ -64,12 +67,18 @@ async fn a_token_error_that_persists_after_one_refresh_fails_the_delivery() {
     let first = app.accept(&job_status_n(1)).await;
     app.wait_for_state(&first, "delivered").await;
     let tokens_before = app.fake.gettoken_calls();
-    app.fake.push_create_fault(Fault::Wrapped("40014".to_owned()));
-    app.fake.push_create_fault(Fault::Wrapped("40014".to_owned()));
+    app.fake
+        .push_create_fault(Fault::Wrapped("40014".to_owned()));
+    app.fake
+        .push_create_fault(Fault::Wrapped("40014".to_owned()));
     let second = app.accept(&job_status_n(2)).await;
     let delivery = app.wait_for_state(&second, "failed").await;
     assert_eq!(delivery["last_error"]["errcode"], 40014);
-    assert_eq!(app.fake.gettoken_calls(), tokens_before + 1, "no refresh loop");
+    assert_eq!(
+        app.fake.gettoken_calls(),
+        tokens_before + 1,
+        "no refresh loop"
+    );
     app.stop().await;
 }
 
@@ -89,9 +98,20 @@ async fn wrong_app_credentials_fail_with_the_errcode_kept() {
     assert_eq!(delivery["last_error"]["errcode"], 40096);
     assert_eq!(app.fake.create_calls(), 0);
     let metrics = app.metrics().await;
-    assert!(metric_value(&metrics, "dingtalk_relay_token_refreshes_total", &[("outcome", "error")]) >= 1.0);
+    assert!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_token_refreshes_total",
+            &[("outcome", "error")]
+        ) >= 1.0
+    );
     // The secret never shows in the API.
-    let text = app.get_admin(&format!("/v1/deliveries/{id}")).await.text().await.unwrap();
+    let text = app
+        .get_admin(&format!("/v1/deliveries/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(!text.contains("not-the-secret"));
     app.stop().await;
 }

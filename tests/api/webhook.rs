@@ -22,8 +22,20 @@ async fn job_status_webhook_creates_a_report() {
     assert_eq!(report.template_id, "sandbox-daily-report-template");
     let done = &report.contents[0];
     assert_eq!((done.key.as_str(), done.sort), ("今日完成工作", 0));
-    for needle in ["✅", "CI", "acme/api", "main", "9f2c1e7", "3m12s", "https://ci.example.com/runs/812"] {
-        assert!(done.content.contains(needle), "{needle} missing in {}", done.content);
+    for needle in [
+        "✅",
+        "CI",
+        "acme/api",
+        "main",
+        "9f2c1e7",
+        "3m12s",
+        "https://ci.example.com/runs/812",
+    ] {
+        assert!(
+            done.content.contains(needle),
+            "{needle} missing in {}",
+            done.content
+        );
     }
     assert_eq!(delivery["attempts"], 1);
     app.stop().await;
@@ -83,34 +95,139 @@ async fn every_rejection_answers_with_the_error_shape_and_sends_nothing() {
     no_status.as_object_mut().unwrap().remove("status");
     let huge = json!({"type":"job_status","job":"b","status":"success","summary":"x".repeat(5000)});
     let bad_sig = sign("wrong", good.as_bytes());
-    let cases: Vec<(&str, &str, Vec<u8>, Vec<(&str, &str)>, u16, &str, Option<&str>)> = vec![
-        ("not json", "ci", b"{nope".to_vec(), vec![], 400, "invalid_payload", None),
-        ("missing status", "ci", no_status.to_string().into_bytes(), vec![], 400, "invalid_payload", Some("status")),
-        ("missing type", "ci", b"{\"job\":\"x\"}".to_vec(), vec![], 400, "invalid_payload", Some("type")),
-        ("json array", "ci", b"[1,2]".to_vec(), vec![], 400, "invalid_payload", None),
-        ("wrong secret", "ci", good.clone().into_bytes(), vec![("authorization", "Bearer nope")], 401, "unauthorized", None),
-        ("wrong signature", "ci", good.clone().into_bytes(), vec![("authorization", ""), ("x-signature-256", bad_sig.as_str())], 401, "unauthorized", None),
-        ("no route", "nope", good.clone().into_bytes(), vec![], 404, "route_not_found", None),
-        ("too large", "ci", huge.to_string().into_bytes(), vec![], 413, "payload_too_large", None),
-        ("form body", "ci", good.clone().into_bytes(), vec![("content-type", "application/x-www-form-urlencoded")], 415, "unsupported_media_type", None),
-        ("bad wait", "ci", good.clone().into_bytes(), vec![], 400, "bad_request", Some("wait")),
+    let cases: Vec<(
+        &str,
+        &str,
+        Vec<u8>,
+        Vec<(&str, &str)>,
+        u16,
+        &str,
+        Option<&str>,
+    )> = vec![
+        (
+            "not json",
+            "ci",
+            b"{nope".to_vec(),
+            vec![],
+            400,
+            "invalid_payload",
+            None,
+        ),
+        (
+            "missing status",
+            "ci",
+            no_status.to_string().into_bytes(),
+            vec![],
+            400,
+            "invalid_payload",
+            Some("status"),
+        ),
+        (
+            "missing type",
+            "ci",
+            b"{\"job\":\"x\"}".to_vec(),
+            vec![],
+            400,
+            "invalid_payload",
+            Some("type"),
+        ),
+        (
+            "json array",
+            "ci",
+            b"[1,2]".to_vec(),
+            vec![],
+            400,
+            "invalid_payload",
+            None,
+        ),
+        (
+            "wrong secret",
+            "ci",
+            good.clone().into_bytes(),
+            vec![("authorization", "Bearer nope")],
+            401,
+            "unauthorized",
+            None,
+        ),
+        (
+            "wrong signature",
+            "ci",
+            good.clone().into_bytes(),
+            vec![("authorization", ""), ("x-signature-256", bad_sig.as_str())],
+            401,
+            "unauthorized",
+            None,
+        ),
+        (
+            "no route",
+            "nope",
+            good.clone().into_bytes(),
+            vec![],
+            404,
+            "route_not_found",
+            None,
+        ),
+        (
+            "too large",
+            "ci",
+            huge.to_string().into_bytes(),
+            vec![],
+            413,
+            "payload_too_large",
+            None,
+        ),
+        (
+            "form body",
+            "ci",
+            good.clone().into_bytes(),
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            "bad wait",
+            "ci",
+            good.clone().into_bytes(),
+            vec![],
+            400,
+            "bad_request",
+            Some("wait"),
+        ),
     ];
     for (label, route, body, headers, status, code, field) in cases {
         // Act
-        let route = if label == "bad wait" { "ci?wait=99" } else { route };
+        let route = if label == "bad wait" {
+            "ci?wait=99"
+        } else {
+            route
+        };
         let response = app.post_raw(route, body, &headers).await;
         // Assert
         assert_eq!(response.status().as_u16(), status, "{label}");
         let answer: Value = response.json().await.unwrap();
         assert_eq!(answer["error"]["code"], code, "{label}: {answer}");
-        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{label}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{label}"
+        );
         if let Some(field) = field {
             assert_eq!(answer["error"]["field"], field, "{label}: {answer}");
         }
-        assert!(!answer.to_string().contains(ROUTE_SECRET), "{label} leaks the secret");
+        assert!(
+            !answer.to_string().contains(ROUTE_SECRET),
+            "{label} leaks the secret"
+        );
     }
     // Nothing stored, nothing sent.
-    let stored = app.get_admin("/v1/deliveries").await.json::<Value>().await.unwrap();
+    let stored = app
+        .get_admin("/v1/deliveries")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
     assert_eq!(stored["deliveries"].as_array().unwrap().len(), 0);
     assert_eq!(app.fake.create_calls(), 0);
     app.stop().await;
@@ -141,12 +258,21 @@ async fn a_repeated_webhook_is_a_duplicate_and_makes_one_report() {
     assert_eq!(answer, json!({"delivery_id": first, "status": "duplicate"}));
     // Idempotency-Key makes different bodies the same delivery.
     let keyed = |n: usize| job_status_n(n).to_string().into_bytes();
-    let a = app.post_raw("ci", keyed(1), &[("idempotency-key", "k-1")]).await;
+    let a = app
+        .post_raw("ci", keyed(1), &[("idempotency-key", "k-1")])
+        .await;
     assert_eq!(a.status(), 202);
-    let b = app.post_raw("ci", keyed(2), &[("idempotency-key", "k-1")]).await;
+    let b = app
+        .post_raw("ci", keyed(2), &[("idempotency-key", "k-1")])
+        .await;
     assert_eq!(b.status(), 200);
     app.wait_for_state(&first, "delivered").await;
-    assert!(poll_until(std::time::Duration::from_secs(5), || async { app.fake.reports().len() == 2 }).await);
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || async {
+            app.fake.reports().len() == 2
+        })
+        .await
+    );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(app.fake.reports().len(), 2);
     app.stop().await;
@@ -160,9 +286,18 @@ async fn filtered_events_are_ignored_with_a_reason() {
     })
     .await;
     let cases = [
-        (json!({"type":"job_status","job":"b","status":"success","branch":"release/1"}), "statuses"),
-        (json!({"type":"job_status","job":"b","status":"failure","branch":"main"}), "branches"),
-        (json!({"type":"job_status","job":"b","status":"running","branch":"release/1"}), "events"),
+        (
+            json!({"type":"job_status","job":"b","status":"success","branch":"release/1"}),
+            "statuses",
+        ),
+        (
+            json!({"type":"job_status","job":"b","status":"failure","branch":"main"}),
+            "branches",
+        ),
+        (
+            json!({"type":"job_status","job":"b","status":"running","branch":"release/1"}),
+            "events",
+        ),
     ];
     for (body, key) in cases {
         let response = app.post_hook("ci", &body).await;
@@ -182,7 +317,11 @@ async fn an_unknown_status_is_kept_and_shown() {
     let body = json!({"type":"job_status","job":"deploy","status":"timed_out_weirdly"});
     let id = app.accept(&body).await;
     app.wait_for_state(&id, "delivered").await;
-    assert!(app.fake.reports()[0].contents[0].content.contains("timed_out_weirdly"));
+    assert!(
+        app.fake.reports()[0].contents[0]
+            .content
+            .contains("timed_out_weirdly")
+    );
     app.stop().await;
 }
 
@@ -194,12 +333,19 @@ async fn long_contents_are_cut_at_1000_characters_and_counted() {
     let id = app.accept(&body).await;
     app.wait_for_state(&id, "delivered").await;
     let sent = app.fake.create_requests();
-    let content = sent[0]["contents"][0]["content"].as_str().unwrap().to_owned();
+    let content = sent[0]["contents"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(content.chars().count(), 1000);
     assert!(content.contains("truncated"), "visible marker");
     let metrics = app.metrics().await;
     assert_eq!(
-        metric_value(&metrics, "dingtalk_relay_content_truncated_total", &[("route", "ci")]),
+        metric_value(
+            &metrics,
+            "dingtalk_relay_content_truncated_total",
+            &[("route", "ci")]
+        ),
         1.0
     );
     app.stop().await;
@@ -212,9 +358,13 @@ async fn wait_answers_201_when_delivered_and_502_when_failed() {
     assert_eq!(response.status(), 201);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["status"], "delivered");
-    assert_eq!(answer["report_id"], app.fake.reports()[0].report_id.as_str());
+    assert_eq!(
+        answer["report_id"],
+        app.fake.reports()[0].report_id.as_str()
+    );
 
-    app.fake.push_create_fault(dingtalk_relay::sandbox::Fault::Wrapped("60011".to_owned()));
+    app.fake
+        .push_create_fault(dingtalk_relay::sandbox::Fault::Wrapped("60011".to_owned()));
     let response = app.post_hook("ci?wait=5", &job_status_n(2)).await;
     assert_eq!(response.status(), 502);
     let answer: Value = response.json().await.unwrap();
@@ -226,7 +376,10 @@ async fn wait_answers_201_when_delivered_and_502_when_failed() {
 #[tokio::test]
 async fn wait_answers_202_when_time_is_up() {
     let app = spawn_app().await;
-    app.fake.push_create_fault(dingtalk_relay::sandbox::Fault::Delay(std::time::Duration::from_millis(1800)));
+    app.fake
+        .push_create_fault(dingtalk_relay::sandbox::Fault::Delay(
+            std::time::Duration::from_millis(1800),
+        ));
     let response = app.post_hook("ci?wait=1", &job_status()).await;
     assert_eq!(response.status(), 202);
     let answer: Value = response.json().await.unwrap();
