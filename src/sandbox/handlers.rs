@@ -40,6 +40,28 @@ pub(super) fn router(fake: FakeDingTalk) -> Router {
 // Handlers
 // ---------------------------------------------------------------------------------------
 
+/// Plays a scripted fault: `Err` is the answer to give instead, `Ok(Some(d))` means "answer
+/// normally, then hang for `d`", `Ok(None)` means "answer normally" (after any delay).
+async fn apply_fault(
+    fake: &FakeDingTalk,
+    fault: Option<Fault>,
+    topapi: bool,
+) -> Result<Option<Duration>, Response> {
+    match fault {
+        None => Ok(None),
+        Some(Fault::Delay(delay)) => {
+            pause(delay).await;
+            Ok(None)
+        }
+        Some(Fault::CommitThenHang(delay)) => Ok(Some(delay)),
+        Some(Fault::HangWithoutCommit(delay)) => {
+            pause(delay).await;
+            Err(fault_response(fake, &Fault::Http(504), topapi))
+        }
+        Some(fault) => Err(fault_response(fake, &fault, topapi)),
+    }
+}
+
 async fn gettoken(State(fake): State<FakeDingTalk>, RawQuery(query): RawQuery) -> Response {
     fake.inner.gettoken_calls.fetch_add(1, Ordering::SeqCst);
     let (latency, fault) = {
@@ -48,14 +70,9 @@ async fn gettoken(State(fake): State<FakeDingTalk>, RawQuery(query): RawQuery) -
     };
     pause(latency).await;
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
-    let hang = match fault {
-        None => None,
-        Some(Fault::Delay(delay)) => {
-            pause(delay).await;
-            None
-        }
-        Some(Fault::CommitThenHang(delay)) => Some(delay),
-        Some(fault) => return fault_response(&fake, &fault, false),
+    let hang = match apply_fault(&fake, fault, false).await {
+        Ok(hang) => hang,
+        Err(response) => return response,
     };
     let answer = fake.issue_token(&query);
     if let Some(delay) = hang {
@@ -83,14 +100,9 @@ async fn create(
     };
     pause(latency).await;
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
-    let hang = match fault {
-        None => None,
-        Some(Fault::Delay(delay)) => {
-            pause(delay).await;
-            None
-        }
-        Some(Fault::CommitThenHang(delay)) => Some(delay),
-        Some(fault) => return fault_response(&fake, &fault, true),
+    let hang = match apply_fault(&fake, fault, true).await {
+        Ok(hang) => hang,
+        Err(response) => return response,
     };
     let answer = fake.create_report(&query, parsed.as_ref());
     if let Some(delay) = hang {
@@ -125,8 +137,14 @@ async fn list(
     body: Bytes,
 ) -> Response {
     fake.inner.list_calls.fetch_add(1, Ordering::SeqCst);
-    let latency = fake.ledger().latency;
+    let (latency, fault) = {
+        let mut ledger = fake.ledger();
+        (ledger.latency, ledger.list_faults.pop_front())
+    };
     pause(latency).await;
+    if let Err(response) = apply_fault(&fake, fault, true).await {
+        return response;
+    }
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
     let answer = fake.list_reports(&query, &headers, &body);
     tracing::debug!(errcode = errcode_of(&answer), "sandbox report/list");
@@ -725,7 +743,7 @@ fn fault_response(fake: &FakeDingTalk, fault: &Fault, topapi: bool) -> Response 
             Json(json!({"status": 1111, "wait": 5, "source": "x5", "punish": "deny"})),
         )
             .into_response(),
-        Fault::Delay(_) | Fault::CommitThenHang(_) => {
+        Fault::Delay(_) | Fault::CommitThenHang(_) | Fault::HangWithoutCommit(_) => {
             json_response(Err(bare(-1, message_for(-1))), topapi)
         }
     }

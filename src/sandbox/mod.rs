@@ -150,6 +150,9 @@ pub enum Fault {
     /// [`FakeDingTalk::reports`]), then sleep this long before answering, so a client
     /// timeout makes the outcome ambiguous.
     CommitThenHang(Duration),
+    /// Sleep this long, then answer HTTP 504 without creating anything: to a client that
+    /// timed out, the outcome is unknown although nothing was created.
+    HangWithoutCommit(Duration),
 }
 
 /// A report the fake has created.
@@ -204,6 +207,7 @@ struct Ledger {
     create_requests: VecDeque<serde_json::Value>,
     create_faults: VecDeque<Fault>,
     gettoken_faults: VecDeque<Fault>,
+    list_faults: VecDeque<Fault>,
 }
 
 struct Inner {
@@ -245,6 +249,7 @@ impl FakeDingTalk {
             create_requests: VecDeque::new(),
             create_faults: VecDeque::new(),
             gettoken_faults: VecDeque::new(),
+            list_faults: VecDeque::new(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -355,6 +360,11 @@ impl FakeDingTalk {
     /// `Errcode` is bare).
     pub fn push_gettoken_fault(&self, fault: Fault) {
         self.ledger().gettoken_faults.push_back(fault);
+    }
+
+    /// Queues a fault for the next `report/list` call.
+    pub fn push_list_fault(&self, fault: Fault) {
+        self.ledger().list_faults.push_back(fault);
     }
 
     /// Changes the delay added to every answer.

@@ -168,26 +168,52 @@ async fn a_create_whose_answer_is_lost_is_reconciled_not_doubled() {
 }
 
 #[tokio::test]
-async fn a_lost_answer_for_a_create_that_did_not_happen_is_resent() {
+async fn a_lost_answer_for_a_create_that_did_not_happen_is_resent_once() {
+    // Arrange: DingTalk hangs past the relay's 1 s timeout and creates nothing.
     let app = spawn_app_with(TestConfig {
         timeout: "1s",
         ..TestConfig::default()
     })
     .await;
-    // The answer is delayed past the timeout but the fake only creates after the delay, and
-    // the relay's connection is gone by then... so use a plain delay: report/list finds
-    // nothing created yet by the time it looks? No: Delay answers normally later, which
-    // still creates. Use a 502 after the timeout instead: nothing is created.
     app.fake
-        .push_create_fault(Fault::Delay(Duration::from_millis(1500)));
+        .push_create_fault(Fault::HangWithoutCommit(Duration::from_millis(1500)));
+    // Act
     let id = app.accept(&job_status()).await;
+    // Assert: report/list says absent, so it is sent again, exactly once.
     let delivery = app.wait_for_state(&id, "delivered").await;
-    // Whatever the timing, exactly one report exists and the delivery points at it.
+    assert_eq!(app.fake.create_calls(), 2);
     assert_eq!(app.fake.reports().len(), 1);
     assert_eq!(
         delivery["report_id"],
         app.fake.reports()[0].report_id.as_str()
     );
+    assert!(app.fake.list_calls() >= 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_undecidable_lost_answer_fails_as_ambiguous() {
+    // Arrange: the create's answer is lost and report/list cannot be used (no permission).
+    let app = spawn_app_with(TestConfig {
+        timeout: "1s",
+        ..TestConfig::default()
+    })
+    .await;
+    app.fake
+        .push_create_fault(Fault::HangWithoutCommit(Duration::from_millis(1500)));
+    app.fake.push_list_fault(Fault::Wrapped("60011".to_owned()));
+    // Act
+    let id = app.accept(&job_status()).await;
+    // Assert: failed for an operator, never resent.
+    let delivery = app.wait_for_state(&id, "failed").await;
+    assert!(
+        delivery["last_error"]["errmsg"]
+            .as_str()
+            .unwrap()
+            .starts_with("ambiguous"),
+        "{delivery}"
+    );
+    assert_eq!(app.fake.create_calls(), 1);
     app.stop().await;
 }
 
