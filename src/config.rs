@@ -166,6 +166,10 @@ pub struct DeliverySettings {
     /// Deliveries worked at the same time by this process.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// How long a worker holds a delivery; a replica that dies holding one gives it up to the
+    /// others after this long. Must cover a whole attempt (at least 4 × `dingtalk.timeout`).
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 /// `log.*`
@@ -366,6 +370,9 @@ fn default_dedup_window() -> Duration {
 }
 fn default_concurrency() -> usize {
     8
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_log_format() -> LogFormat {
     LogFormat::Text
@@ -602,6 +609,15 @@ impl Settings {
             push(
                 "delivery.dedup_window".to_owned(),
                 "must be greater than 0".to_owned(),
+            );
+        }
+        if d.lease < self.dingtalk.timeout * 4 {
+            push(
+                "delivery.lease".to_owned(),
+                format!(
+                    "must be at least 4 × dingtalk.timeout ({}) so that an attempt ends before another replica may take it over",
+                    humantime::format_duration(self.dingtalk.timeout * 4)
+                ),
             );
         }
         if d.concurrency == 0 {

@@ -9,7 +9,7 @@
 //! - [`sources`]: one parser per CI system, turning a webhook into an [`sources::Event`].
 //! - [`mapping`]: pure; event + route → report contents (minijinja field templates, filters).
 //! - [`inbound`]: the HTTP edge — webhook and admin listeners, authentication, error shape.
-//! - [`store`]: the durable queue, delivery state and dedup keys (SQLite, memory).
+//! - [`store`]: the durable queue, delivery state and dedup keys (SQLite, PostgreSQL, memory).
 //! - [`delivery`]: workers that create reports, retry with backoff, reconcile lost answers.
 //! - [`dingtalk`]: the DingTalk client, token cache, wire model and error classifier.
 //! - [`sandbox`]: an in-process DingTalk stand-in (`serve --sandbox`, tests).

@@ -70,7 +70,7 @@ impl Application {
         let listener = bind(settings.listen_addr()?, "server.listen").await?;
         let admin_listener = bind(settings.admin_addr()?, "server.admin_listen").await?;
         let delivery = DeliveryHandle::new();
-        let lease = settings.dingtalk.timeout * 4 + Duration::from_secs(30);
+        let lease = settings.delivery.lease;
         let settings = Arc::new(settings);
         let worker = Worker {
             store: store.clone(),

@@ -133,6 +133,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         if let Some(d) = inner.deliveries.get_mut(id) {
             d.sending_since = Some(now);
+            d.updated_at = now;
         }
         Ok(())
     }
@@ -175,13 +176,18 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
-        self.update(id, now, |d| {
-            if d.state == State::Delivering {
+        let delivering = self
+            .lock()
+            .deliveries
+            .get(id)
+            .is_some_and(|d| d.state == State::Delivering);
+        if delivering {
+            self.update(id, now, |d| {
                 d.state = State::Queued;
                 d.attempts = d.attempts.saturating_sub(1);
                 d.next_attempt_at = Some(now);
-            }
-        });
+            });
+        }
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! Store: where accepted deliveries live until they are delivered or given up — the queue,
 //! each delivery's state, and the dedup keys. One interface ([`Store`]), several backends
-//! selected by `store.url`: `memory:` (tests; loses everything on restart) and `sqlite://`.
+//! selected by `store.url`: `memory:` (tests; loses everything on restart), `sqlite://` and
+//! `postgres://` (shared by several replicas).
 
 mod memory;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use crate::config::{StoreKind, store_kind};
 use crate::mapping::ReportDraft;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Store results.
@@ -215,8 +218,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     match store_kind(url).map_err(Error::Unavailable)? {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreKind::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
-        StoreKind::Postgres(_) => Err(Error::Unavailable(
-            "the PostgreSQL store is not available in this build; use sqlite://".to_owned(),
-        )),
+        StoreKind::Postgres(url) => Ok(Arc::new(PostgresStore::open(&url).await?)),
     }
 }

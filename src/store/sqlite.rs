@@ -1,6 +1,6 @@
 //! `sqlite://PATH` — the embedded default store: one file in WAL mode, created and migrated at
 //! startup (migrations are compiled into the binary). Writes go through one connection so
-//! transactions never deadlock; reads use a small pool. `synchronous=FULL`: a committed
+//! transactions never deadlock; reads use a small pool. Webhooks are committed in groups. `synchronous=FULL`: a committed
 //! delivery survives `kill -9` and power loss.
 
 use std::str::FromStr;
@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store};
 
@@ -17,6 +18,110 @@ use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Resul
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    intake: mpsc::Sender<EnqueueRequest>,
+}
+
+/// One webhook waiting for the group commit.
+struct EnqueueRequest {
+    new: NewDelivery,
+    dedup_window: Duration,
+    max_queued: u64,
+    reply: oneshot::Sender<Result<Enqueued>>,
+}
+
+/// Most webhooks committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 256;
+
+/// Commits waiting webhooks in groups: one transaction (one fsync) for every webhook that
+/// arrived while the previous group was being written, so durable intake keeps up with
+/// concurrency. Each webhook is answered only after its group is committed.
+async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequest>) {
+    let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while intake.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
+        let requests = std::mem::take(&mut batch);
+        match commit_group(&writer, &requests).await {
+            Ok(results) => {
+                for (request, result) in requests.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, webhooks = requests.len(), "committing webhooks failed");
+                for request in requests {
+                    let _ = request.reply.send(Err(unavailable(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a group in one transaction. The outer error fails the whole group (nothing of it
+/// is committed); the inner results are each webhook's answer.
+async fn commit_group(
+    writer: &SqlitePool,
+    requests: &[EnqueueRequest],
+) -> Result<Vec<Result<Enqueued>>> {
+    let mut tx = writer.begin().await.map_err(unavailable)?;
+    let depth: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let mut depth = u64::try_from(depth).unwrap_or_default();
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        let new = &request.new;
+        let now = ms(new.received_at);
+        let seen: Option<(String, i64)> =
+            sqlx::query_as("SELECT delivery_id, created_at FROM dedup WHERE key = ?")
+                .bind(&new.dedup_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        if let Some((id, at)) = seen
+            && at > now - millis(request.dedup_window)
+        {
+            results.push(Ok(Enqueued::Duplicate(id)));
+            continue;
+        }
+        if depth >= request.max_queued {
+            results.push(Err(Error::Full(depth)));
+            continue;
+        }
+        let draft = match serde_json::to_string(&new.draft) {
+            Ok(d) => d,
+            Err(e) => {
+                results.push(Err(unavailable(e)));
+                continue;
+            }
+        };
+        sqlx::query("INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) VALUES (?, ?, ?)")
+            .bind(&new.dedup_key)
+            .bind(&new.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
+             VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?)",
+        )
+        .bind(&new.id)
+        .bind(&new.route)
+        .bind(&new.dedup_key)
+        .bind(now)
+        .bind(draft)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        depth += 1;
+        results.push(Ok(Enqueued::Queued(new.id.clone())));
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(results)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -76,7 +181,13 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
-        Ok(Self { writer, reader })
+        let (intake, queue) = mpsc::channel(4 * GROUP_COMMIT_MAX);
+        tokio::spawn(group_commit(writer.clone(), queue));
+        Ok(Self {
+            writer,
+            reader,
+            intake,
+        })
     }
 }
 
@@ -124,53 +235,20 @@ impl Store for SqliteStore {
         dedup_window: Duration,
         max_queued: u64,
     ) -> Result<Enqueued> {
-        let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
-        let now = ms(new.received_at);
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let seen: Option<(String, i64)> =
-            sqlx::query_as("SELECT delivery_id, created_at FROM dedup WHERE key = ?")
-                .bind(&new.dedup_key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        if let Some((id, at)) = seen
-            && at > now - millis(dedup_window)
-        {
-            return Ok(Enqueued::Duplicate(id));
-        }
-        let depth: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let depth = u64::try_from(depth).unwrap_or_default();
-        if depth >= max_queued {
-            return Err(Error::Full(depth));
-        }
-        sqlx::query("INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) VALUES (?, ?, ?)")
-            .bind(&new.dedup_key)
-            .bind(&new.id)
-            .bind(now)
-            .execute(&mut *tx)
+        let (reply, answer) = oneshot::channel();
+        let request = EnqueueRequest {
+            new,
+            dedup_window,
+            max_queued,
+            reply,
+        };
+        self.intake
+            .send(request)
             .await
-            .map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
-             VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?)",
-        )
-        .bind(&new.id)
-        .bind(&new.route)
-        .bind(&new.dedup_key)
-        .bind(now)
-        .bind(draft)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Enqueued::Queued(new.id))
+            .map_err(|_| unavailable("the store's writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the store's writer has stopped"))?
     }
 
     async fn claim(

@@ -27,6 +27,7 @@ pub struct TestConfig {
     pub timeout: &'static str,
     pub admin_token: Option<&'static str>,
     pub max_body_bytes: usize,
+    pub lease: &'static str,
 }
 
 impl Default for TestConfig {
@@ -41,6 +42,7 @@ impl Default for TestConfig {
             timeout: "2s",
             admin_token: None,
             max_body_bytes: 65536,
+            lease: "10s",
         }
     }
 }
@@ -86,6 +88,7 @@ delivery:
   max_backoff: 100ms
   dedup_window: 1h
   concurrency: 8
+  lease: {lease}
 timezone: "Asia/Shanghai"
 users:
   octocat: "dd_octo"
@@ -109,6 +112,7 @@ routes:
         secret = ROUTE_SECRET,
         template = config.template,
         extra = config.route_extra,
+        lease = config.lease,
     )
 }
 
@@ -283,4 +287,43 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The environment variable naming the PostgreSQL server for tests.
+pub const POSTGRES_URL_VAR: &str = "DINGTALK_RELAY_TEST_POSTGRES_URL";
+
+/// A fresh database on the test PostgreSQL server, as `(server url, database name, database
+/// url)`, or `None` (with a line saying so) when `DINGTALK_RELAY_TEST_POSTGRES_URL` is unset.
+#[allow(
+    clippy::print_stderr,
+    reason = "the skip has to be visible with --nocapture"
+)]
+pub async fn fresh_postgres_database(what: &str) -> Option<(String, String, String)> {
+    use sqlx::Connection;
+    let Ok(url) = std::env::var(POSTGRES_URL_VAR) else {
+        eprintln!("skipped: {what} needs PostgreSQL ({POSTGRES_URL_VAR} is not set)");
+        return None;
+    };
+    let database = format!("relay_test_{:016x}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.expect("close admin connection");
+    let database_url = with_database(&url, &database);
+    Some((url, database, database_url))
+}
+
+/// `url` with its database name replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let (scheme, rest) = base.split_once("://").expect("a URL with ://");
+    let authority = rest.split('/').next().unwrap_or_default();
+    format!("{scheme}://{authority}/{database}{query}")
 }

@@ -4,7 +4,9 @@
 mod helpers;
 
 mod admin;
+mod crash;
 mod delivery_retry;
 mod metrics;
+mod store_contract;
 mod token_cache;
 mod webhook;

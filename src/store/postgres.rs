@@ -1,0 +1,469 @@
+//! `postgres://…` (or `postgresql://…`) — a store shared by several replicas (e.g. behind one
+//! Kubernetes Service). The schema is migrated at startup (migrations are compiled into the
+//! binary; the migrator holds a PostgreSQL advisory lock, so replicas starting together are
+//! safe). Every replica enqueues into and claims from the same tables:
+//!
+//! - `claim` locks the due rows with `FOR UPDATE SKIP LOCKED`, so each due delivery goes to
+//!   exactly one caller; a lease held by a dead replica is taken over once it expires (leases
+//!   are never reset at startup: the other replicas are alive).
+//! - `enqueue` claims the dedup key with one `INSERT … ON CONFLICT` in the same transaction as
+//!   the delivery, so concurrent enqueues of one key yield one delivery and duplicates.
+//! - The `max_queued` check counts committed deliveries only: replicas enqueueing at the same
+//!   moment may each see room for one more, so the queue can exceed the limit by about the
+//!   number of concurrent enqueues.
+//!
+//! Connection errors never repeat the URL's password.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store};
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+const COLUMNS: &str = "id, route, dedup_key, state, attempts, next_attempt_at, sending_since, \
+     last_errcode, last_errmsg, report_id, draft, created_at, updated_at";
+
+/// The parts of a connection URL: everything but the password and the query (which may hold
+/// a `password=` too), and the password itself.
+fn split_url(url: &str) -> (String, Option<&str>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return ("<invalid url>".to_owned(), None);
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (userinfo, host) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
+    };
+    match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        Some((user, password)) => (
+            format!("{scheme}://{user}@{host}{path}"),
+            Some(password).filter(|p| !p.is_empty()),
+        ),
+        None => (format!("{scheme}://{host}{path}"), None),
+    }
+}
+
+/// Decodes `%XX` escapes (the form sqlx hands the server).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error while opening `url`, with the URL shown without its password and every trace of
+/// the password removed from the cause.
+fn open_error(url: &str, what: &str, cause: impl std::fmt::Display) -> Error {
+    let (shown, password) = split_url(url);
+    let mut message = cause.to_string().replace(url, &shown);
+    if let Some(password) = password {
+        message = message.replace(password, "***");
+        let decoded = percent_decode(password);
+        if !decoded.is_empty() {
+            message = message.replace(&decoded, "***");
+        }
+    }
+    Error::Unavailable(format!("{what} {shown}: {message}"))
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` and applies the migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| open_error(url, "parsing", e))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(url, "connecting to", e))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| open_error(url, "migrating", e))?;
+        Ok(Self { pool })
+    }
+}
+
+fn row_to_delivery(row: &PgRow) -> Result<Delivery> {
+    let id: String = row.try_get("id").map_err(unavailable)?;
+    let corrupt = |message: String| Error::Corrupt {
+        id: id.clone(),
+        message,
+    };
+    let state_name: String = row.try_get("state").map_err(unavailable)?;
+    let state =
+        State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
+    let draft: String = row.try_get("draft").map_err(unavailable)?;
+    let draft = serde_json::from_str(&draft).map_err(|e| corrupt(format!("draft: {e}")))?;
+    let errcode: Option<i64> = row.try_get("last_errcode").map_err(unavailable)?;
+    let errmsg: Option<String> = row.try_get("last_errmsg").map_err(unavailable)?;
+    let attempts: i32 = row.try_get("attempts").map_err(unavailable)?;
+    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>> {
+        Ok(row
+            .try_get::<Option<i64>, _>(name)
+            .map_err(unavailable)?
+            .map(from_ms))
+    };
+    Ok(Delivery {
+        route: row.try_get("route").map_err(unavailable)?,
+        dedup_key: row.try_get("dedup_key").map_err(unavailable)?,
+        state,
+        attempts: u32::try_from(attempts).unwrap_or_default(),
+        next_attempt_at: opt_time("next_attempt_at")?,
+        sending_since: opt_time("sending_since")?,
+        last_error: errmsg.map(|errmsg| LastError { errcode, errmsg }),
+        report_id: row.try_get("report_id").map_err(unavailable)?,
+        draft,
+        created_at: from_ms(row.try_get("created_at").map_err(unavailable)?),
+        updated_at: from_ms(row.try_get("updated_at").map_err(unavailable)?),
+        id,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn enqueue(
+        &self,
+        new: NewDelivery,
+        dedup_window: Duration,
+        max_queued: u64,
+    ) -> Result<Enqueued> {
+        let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
+        let now = ms(new.received_at);
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Claims the key, or takes it over when it is older than the window. A concurrent
+        // enqueue of the same key waits here for this transaction and then sees the key taken;
+        // a conflicting row is locked even when not updated, so it cannot vanish before the
+        // lookup below. Dropping `tx` without commit rolls the claim back.
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO dedup (key, delivery_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE \
+               SET delivery_id = EXCLUDED.delivery_id, created_at = EXCLUDED.created_at \
+               WHERE dedup.created_at <= $4 \
+             RETURNING delivery_id",
+        )
+        .bind(&new.dedup_key)
+        .bind(&new.id)
+        .bind(now)
+        .bind(now.saturating_sub(millis(dedup_window)))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if claimed.is_none() {
+            let first: String = sqlx::query_scalar("SELECT delivery_id FROM dedup WHERE key = $1")
+                .bind(&new.dedup_key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            return Ok(Enqueued::Duplicate(first));
+        }
+        // Committed deliveries only: approximate while other replicas enqueue (module docs).
+        let depth: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let depth = u64::try_from(depth).unwrap_or_default();
+        if depth >= max_queued {
+            return Err(Error::Full(depth));
+        }
+        sqlx::query(
+            "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $4, $4)",
+        )
+        .bind(&new.id)
+        .bind(&new.route)
+        .bind(&new.dedup_key)
+        .bind(now)
+        .bind(draft)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Enqueued::Queued(new.id))
+    }
+
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>> {
+        let now = ms(now);
+        // SKIP LOCKED: rows another replica is claiming right now are left to it; a row it
+        // claimed after this statement's snapshot is re-checked against the new version (no
+        // longer due) and skipped too.
+        let rows = sqlx::query(&format!(
+            "UPDATE deliveries SET state = 'delivering', attempts = attempts + 1, \
+               next_attempt_at = NULL, lease_until = $1, updated_at = $2 \
+             WHERE id IN (SELECT id FROM deliveries \
+               WHERE (state = 'queued' AND next_attempt_at <= $2) \
+                  OR (state = 'delivering' AND lease_until <= $2) \
+               ORDER BY next_attempt_at NULLS FIRST, created_at LIMIT $3 \
+               FOR UPDATE SKIP LOCKED) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(now.saturating_add(millis(lease)))
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_delivery).collect()
+    }
+
+    async fn mark_sending(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE deliveries SET sending_since = $1, updated_at = $1 WHERE id = $2")
+            .bind(ms(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn mark_delivered(&self, id: &str, report_id: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'delivered', report_id = $1, sending_since = NULL, \
+             lease_until = NULL, next_attempt_at = NULL, updated_at = $2 WHERE id = $3",
+        )
+        .bind(report_id)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn schedule_retry(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        sending_since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', next_attempt_at = $1, last_errcode = $2, \
+             last_errmsg = $3, sending_since = $4, lease_until = NULL, updated_at = $5 WHERE id = $6",
+        )
+        .bind(ms(at))
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(sending_since.map(ms))
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, last_errcode = $1, \
+             last_errmsg = $2, sending_since = NULL, lease_until = NULL, updated_at = $3 WHERE id = $4",
+        )
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
+             next_attempt_at = $1, lease_until = NULL, updated_at = $1 \
+             WHERE id = $2 AND state = 'delivering'",
+        )
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Delivery>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(row_to_delivery).transpose()
+    }
+
+    async fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Delivery>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let filtered = format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE state = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        let all =
+            format!("SELECT {COLUMNS} FROM deliveries ORDER BY created_at DESC, id DESC LIMIT $1");
+        let rows = match state {
+            Some(state) => sqlx::query(&filtered).bind(state.as_str()).bind(limit),
+            None => sqlx::query(&all).bind(limit),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_delivery).collect()
+    }
+
+    async fn retry(&self, id: &str, now: DateTime<Utc>) -> Result<Option<State>> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Locked, so a replica's claim or retry in between cannot be overwritten.
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let Some(state) = state.as_deref().and_then(State::parse) else {
+            return Ok(None);
+        };
+        if state == State::Failed {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'queued', attempts = 0, next_attempt_at = $1, \
+                 sending_since = NULL, updated_at = $1 WHERE id = $2",
+            )
+            .bind(ms(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(state))
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let (depth, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE state IN ('queued', 'delivering')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(QueueStats {
+            depth: u64::try_from(depth).unwrap_or_default(),
+            oldest: oldest.map(from_ms),
+        })
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'queued'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(next.map(from_ms))
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = ms(before);
+        let deliveries = sqlx::query(
+            "DELETE FROM deliveries WHERE state IN ('delivered', 'ignored') AND updated_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let dedup = sqlx::query("DELETE FROM dedup WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(deliveries.rows_affected() + dedup.rows_affected())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_password_or_query() {
+        assert_eq!(
+            split_url("postgres://relay:s%40cret@db:5432/relay?sslmode=require&password=x"),
+            (
+                "postgres://relay@db:5432/relay".to_owned(),
+                Some("s%40cret")
+            )
+        );
+        assert_eq!(
+            split_url("postgresql://db/relay"),
+            ("postgresql://db/relay".to_owned(), None)
+        );
+        assert_eq!(
+            split_url("postgres://relay@db"),
+            ("postgres://relay@db".to_owned(), None)
+        );
+        assert_eq!(percent_decode("s%40cret%zz"), "s@cret%zz");
+    }
+
+    #[test]
+    fn open_errors_hide_the_password() {
+        let url = "postgres://relay:hunter22@db/relay";
+        let message = open_error(url, "connecting to", format!("bad {url} (hunter22)")).to_string();
+        assert!(!message.contains("hunter22"), "{message}");
+        assert!(message.contains("postgres://relay@db/relay"), "{message}");
+    }
+}

@@ -1,0 +1,259 @@
+//! The real binary, killed with SIGKILL mid-flight while DingTalk is slow, restarted on the
+//! same SQLite file: every webhook that got a 202 is delivered exactly once.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+pub struct Relay {
+    pub child: Child,
+    pub address: String,
+    pub admin_address: String,
+}
+
+/// Starts the binary and reads its ports from the JSON startup log line.
+pub fn start_relay(config: &Path) -> Relay {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "dingtalk-relay listening"
+            {
+                let _ = tx.send((v["port"].as_u64(), v["admin_port"].as_u64()));
+                sent = true;
+            }
+        }
+    });
+    let (port, admin_port) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the relay logs its ports");
+    Relay {
+        child,
+        address: format!("http://127.0.0.1:{}", port.unwrap()),
+        admin_address: format!("http://127.0.0.1:{}", admin_port.unwrap()),
+    }
+}
+
+/// Writes a config for the binary (JSON logs, so its ports can be read) into `dir`.
+pub fn write_config(
+    dir: &Path,
+    base_url: &str,
+    fake: &FakeOptions,
+    store_url: &str,
+) -> std::path::PathBuf {
+    let config = TestConfig {
+        template: ID_TEMPLATE.to_owned(),
+        store_url: store_url.to_owned(),
+        fake: fake.clone(),
+        max_attempts: 50,
+        timeout: "1s",
+        lease: "5s",
+        ..TestConfig::default()
+    };
+    let yaml = settings_yaml(&config, base_url) + "log: {format: json, filter: info}\n";
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Polls the admin API until every delivery is delivered (60 s at most).
+pub async fn all_delivered<'a>(
+    http: &reqwest::Client,
+    admin_address: &str,
+    ids: impl Iterator<Item = &'a String> + Clone,
+) -> bool {
+    poll_until(Duration::from_secs(60), || {
+        let ids = ids.clone();
+        async move {
+            for id in ids {
+                let d: Value = match http
+                    .get(format!("{admin_address}/v1/deliveries/{id}"))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => return false,
+                };
+                if d["state"] != "delivered" {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await
+}
+
+/// Every run in `accepted` has exactly one report at the fake, and no run has two.
+pub fn assert_each_reported_once<'a>(
+    fake: &FakeDingTalk,
+    accepted: impl Iterator<Item = &'a usize>,
+) {
+    let mut per_run: HashMap<usize, usize> = HashMap::new();
+    for report in fake.reports() {
+        let text = &report.contents[0].content;
+        let n = text
+            .split("run ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .expect("the report names its run");
+        *per_run.entry(n).or_default() += 1;
+    }
+    let doubled: HashSet<_> = per_run.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(doubled.is_empty(), "reports sent twice: {doubled:?}");
+    for n in accepted {
+        assert_eq!(
+            per_run.get(n),
+            Some(&1),
+            "run {n} accepted but not reported once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kill_9_mid_flight_loses_nothing_and_doubles_nothing() {
+    // Arrange: a slow DingTalk (80 ms per answer), so deliveries are in flight when killed.
+    let dir = tempfile::tempdir().unwrap();
+    let options = FakeOptions {
+        latency: Duration::from_millis(80),
+        ..FakeOptions::default()
+    };
+    let (fake, base_url) = FakeDingTalk::spawn(options.clone()).await.unwrap();
+    let store_url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let config = write_config(dir.path(), &base_url, &options, &store_url);
+    let mut relay = start_relay(&config);
+    let http = reqwest::Client::new();
+
+    // Act: 300 webhooks from 16 senders; SIGKILL after the first 150 answers.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let address = relay.address.clone();
+    let senders: Vec<_> = (0..16)
+        .map(|s| {
+            let http = http.clone();
+            let address = address.clone();
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                for n in (s..300).step_by(16) {
+                    let answer = http
+                        .post(format!("{address}/v1/hooks/ci"))
+                        .bearer_auth(ROUTE_SECRET)
+                        .json(&job_status_n(n))
+                        .send()
+                        .await;
+                    let Ok(answer) = answer else { break };
+                    if answer.status() == 202 {
+                        let body: Value = answer.json().await.unwrap_or_default();
+                        let id = body["delivery_id"].as_str().unwrap_or_default().to_owned();
+                        let _ = done_tx.send((n, id));
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(done_tx);
+    let mut accepted: HashMap<usize, String> = HashMap::new();
+    while let Some((n, id)) = done_rx.recv().await {
+        accepted.insert(n, id);
+        if accepted.len() == 150 {
+            relay.child.kill().expect("SIGKILL");
+        }
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    let _ = relay.child.wait();
+    let delivered_before_restart = fake.reports().len();
+    assert!(accepted.len() >= 150, "only {} accepted", accepted.len());
+    assert!(
+        delivered_before_restart < accepted.len(),
+        "the kill came too late to test anything"
+    );
+
+    // Restart on the same file.
+    let mut relay = start_relay(&config);
+    let all_done = all_delivered(&http, &relay.admin_address, accepted.values()).await;
+    relay.child.kill().ok();
+    let _ = relay.child.wait();
+    assert!(
+        all_done,
+        "not every accepted webhook was delivered after the restart"
+    );
+
+    // Assert: each accepted webhook made exactly one report; no webhook made two.
+    assert_each_reported_once(&fake, accepted.keys());
+}
+
+#[tokio::test]
+async fn two_replicas_on_postgres_one_killed_lose_nothing_and_double_nothing() {
+    // Arrange: two processes share one PostgreSQL database; DingTalk is slow.
+    let Some((_, _, store_url)) = fresh_postgres_database("the two-replica test").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let options = FakeOptions {
+        latency: Duration::from_millis(50),
+        ..FakeOptions::default()
+    };
+    let (fake, base_url) = FakeDingTalk::spawn(options.clone()).await.unwrap();
+    let config = write_config(dir.path(), &base_url, &options, &store_url);
+    let mut a = start_relay(&config);
+    let mut b = start_relay(&config);
+    let http = reqwest::Client::new();
+
+    // Act: 200 webhooks alternating between the replicas, as a Service would spread them;
+    // replica A is SIGKILLed after 100 answers and its share goes to B from then on.
+    let mut accepted: HashMap<usize, String> = HashMap::new();
+    let mut a_alive = true;
+    for n in 0..200 {
+        if accepted.len() == 100 && a_alive {
+            a.child.kill().expect("SIGKILL");
+            let _ = a.child.wait();
+            a_alive = false;
+        }
+        let target = if a_alive && n % 2 == 0 {
+            &a.address
+        } else {
+            &b.address
+        };
+        let answer = http
+            .post(format!("{target}/v1/hooks/ci"))
+            .bearer_auth(ROUTE_SECRET)
+            .json(&job_status_n(n))
+            .send()
+            .await
+            .expect("the replica answers");
+        assert_eq!(answer.status(), 202, "run {n}");
+        let body: Value = answer.json().await.unwrap();
+        accepted.insert(n, body["delivery_id"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        fake.reports().len() < accepted.len(),
+        "the kill came too late to test anything"
+    );
+
+    // Assert: B finishes everything, A's held deliveries included (after their lease).
+    let done = all_delivered(&http, &b.admin_address, accepted.values()).await;
+    b.child.kill().ok();
+    let _ = b.child.wait();
+    assert!(done, "not every accepted webhook was delivered");
+    assert_each_reported_once(&fake, accepted.keys());
+}

@@ -1,0 +1,804 @@
+//! The `Store` contract, written once and run against every backend: `memory:`, SQLite (a
+//! temporary file) and PostgreSQL when `DINGTALK_RELAY_TEST_POSTGRES_URL` is set (each test in
+//! a fresh database, dropped afterwards; without the variable those tests say so and pass).
+//! Test names read `store_contract::<case>::<backend>`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dingtalk_relay::config::TemplateSettings;
+use dingtalk_relay::mapping::{DraftContent, ReportDraft};
+use dingtalk_relay::store::{
+    self, Delivery, Enqueued, Error, LastError, MemoryStore, NewDelivery, QueueStats, State, Store,
+};
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::fresh_postgres_database;
+
+const WINDOW: Duration = Duration::from_secs(60);
+const ROOMY: u64 = 1000;
+const HOUR: Duration = Duration::from_secs(3600);
+const HOUR_CHRONO: chrono::Duration = chrono::Duration::hours(1);
+
+/// One backend under test, with what has to live as long as it.
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: the server URL and the test database to drop.
+    postgres: Option<(String, String)>,
+}
+
+impl Backend {
+    async fn finish(self) {
+        let Self {
+            store, postgres, ..
+        } = self;
+        drop(store);
+        if let Some((url, database)) = postgres {
+            let mut conn = PgConnection::connect(&url)
+                .await
+                .expect("connect to PostgreSQL");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .expect("drop test database");
+        }
+    }
+}
+
+async fn memory() -> Option<Backend> {
+    Some(Backend {
+        store: Arc::new(MemoryStore::new()),
+        _dir: None,
+        postgres: None,
+    })
+}
+
+async fn sqlite() -> Option<Backend> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    Some(Backend {
+        store: store::open(&url).await.expect("open SQLite store"),
+        _dir: Some(dir),
+        postgres: None,
+    })
+}
+
+async fn postgres() -> Option<Backend> {
+    let (url, database, database_url) = fresh_postgres_database("PostgreSQL store test").await?;
+    let store = store::open(&database_url)
+        .await
+        .expect("open PostgreSQL store");
+    Some(Backend {
+        store,
+        _dir: None,
+        postgres: Some((url, database)),
+    })
+}
+
+/// Generates `mod <case> { #[tokio::test] async fn <backend>() … }` for each case.
+macro_rules! contract {
+    ($backends:tt $($case:ident),+ $(,)?) => {
+        $( contract!(@case $case $backends); )+
+    };
+    (@case $case:ident [$($backend:ident),+]) => {
+        mod $case {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $backend() {
+                    let Some(backend) = super::$backend().await else {
+                        return;
+                    };
+                    let outcome = tokio::spawn(super::$case(backend.store.clone())).await;
+                    backend.finish().await;
+                    if let Err(e) = outcome {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+            )+
+        }
+    };
+}
+
+contract!(
+    [memory, sqlite, postgres]
+    enqueue_then_get,
+    duplicate_within_window_returns_first_id,
+    same_key_after_window_is_new_delivery,
+    max_queued_is_full,
+    claim_takes_due_items_up_to_limit,
+    claimed_item_is_reclaimed_only_after_lease,
+    schedule_retry_keeps_or_clears_sending_since,
+    mark_delivered_sets_report_id,
+    mark_failed_keeps_last_error,
+    release_returns_item_uncounted,
+    retry_requeues_failed_only,
+    list_filters_newest_first,
+    stats_and_next_due,
+    prune_removes_old_delivered_and_dedup_keys,
+);
+
+contract!(
+    [sqlite, postgres]
+    concurrent_enqueue_of_one_key_queues_once,
+    concurrent_claims_take_each_delivery_once,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Now, at the stores' millisecond precision.
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("valid time")
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+fn millis(n: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(n)
+}
+
+fn draft() -> ReportDraft {
+    ReportDraft {
+        app: "default".to_owned(),
+        template: TemplateSettings {
+            name: Some("日报".to_owned()),
+            id: None,
+            fields: None,
+            owner: None,
+        },
+        author: "manager01".to_owned(),
+        to_userids: vec!["user01".to_owned()],
+        to_cids: Vec::new(),
+        to_chat: true,
+        dd_from: "dingtalk-relay".to_owned(),
+        contents: vec![DraftContent {
+            field: "今日完成工作".to_owned(),
+            content: "**build #42** passed ✅".to_owned(),
+        }],
+    }
+}
+
+fn new(id: &str, key: &str, at: DateTime<Utc>) -> NewDelivery {
+    NewDelivery {
+        id: id.to_owned(),
+        route: "ci".to_owned(),
+        dedup_key: key.to_owned(),
+        draft: draft(),
+        received_at: at,
+    }
+}
+
+/// Enqueues `id` (dedup key `key-<id>`) at `at`, expecting it queued.
+async fn put(store: &Arc<dyn Store>, id: &str, at: DateTime<Utc>) {
+    let outcome = store
+        .enqueue(new(id, &format!("key-{id}"), at), WINDOW, ROOMY)
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Queued(id.to_owned()));
+}
+
+async fn get(store: &Arc<dyn Store>, id: &str) -> Delivery {
+    store.get(id).await.expect("get").expect("delivery exists")
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.id.as_str()).collect()
+}
+
+fn sorted_ids(deliveries: &[Delivery]) -> Vec<&str> {
+    let mut ids = ids(deliveries);
+    ids.sort_unstable();
+    ids
+}
+
+fn error(errcode: Option<i64>, errmsg: &str) -> LastError {
+    LastError {
+        errcode,
+        errmsg: errmsg.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+async fn enqueue_then_get(store: Arc<dyn Store>) {
+    let t0 = t0();
+    let outcome = store
+        .enqueue(new("d1", "k1", t0), WINDOW, ROOMY)
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Queued("d1".to_owned()));
+    assert_eq!(
+        get(&store, "d1").await,
+        Delivery {
+            id: "d1".to_owned(),
+            route: "ci".to_owned(),
+            dedup_key: "k1".to_owned(),
+            state: State::Queued,
+            attempts: 0,
+            next_attempt_at: Some(t0),
+            sending_since: None,
+            last_error: None,
+            report_id: None,
+            draft: draft(),
+            created_at: t0,
+            updated_at: t0,
+        }
+    );
+    assert_eq!(store.get("nope").await.expect("get"), None);
+    store.ping().await.expect("ping");
+}
+
+async fn duplicate_within_window_returns_first_id(store: Arc<dyn Store>) {
+    let t0 = t0();
+    store
+        .enqueue(new("d1", "k", t0), WINDOW, ROOMY)
+        .await
+        .expect("enqueue");
+    for (id, at) in [("d2", t0 + secs(1)), ("d3", t0 + secs(59))] {
+        let outcome = store
+            .enqueue(new(id, "k", at), WINDOW, ROOMY)
+            .await
+            .expect("enqueue");
+        assert_eq!(outcome, Enqueued::Duplicate("d1".to_owned()));
+        assert_eq!(store.get(id).await.expect("get"), None);
+    }
+    assert_eq!(store.stats().await.expect("stats").depth, 1);
+}
+
+async fn same_key_after_window_is_new_delivery(store: Arc<dyn Store>) {
+    let t0 = t0();
+    store
+        .enqueue(new("d1", "k", t0), WINDOW, ROOMY)
+        .await
+        .expect("enqueue");
+    // Exactly one window later the key is free again.
+    let t1 = t0 + secs(60);
+    let outcome = store
+        .enqueue(new("d2", "k", t1), WINDOW, ROOMY)
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Queued("d2".to_owned()));
+    // …and now dedups to the new delivery.
+    let outcome = store
+        .enqueue(new("d3", "k", t1 + secs(1)), WINDOW, ROOMY)
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Duplicate("d2".to_owned()));
+    assert_eq!(get(&store, "d1").await.state, State::Queued);
+    assert_eq!(get(&store, "d2").await.dedup_key, "k");
+    assert_eq!(store.stats().await.expect("stats").depth, 2);
+}
+
+async fn max_queued_is_full(store: Arc<dyn Store>) {
+    let t0 = t0();
+    for id in ["d1", "d2"] {
+        let outcome = store
+            .enqueue(new(id, id, t0), WINDOW, 2)
+            .await
+            .expect("enqueue");
+        assert_eq!(outcome, Enqueued::Queued(id.to_owned()));
+    }
+    let refused = store.enqueue(new("d3", "d3", t0), WINDOW, 2).await;
+    assert!(matches!(refused, Err(Error::Full(2))), "{refused:?}");
+    assert_eq!(store.get("d3").await.expect("get"), None);
+    // A duplicate is still recognised while full.
+    let outcome = store
+        .enqueue(new("d4", "d1", t0), WINDOW, 2)
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Duplicate("d1".to_owned()));
+    // Delivering still counts; delivered frees a place, and the refused key was not kept.
+    let claimed = store.claim(t0, 1, HOUR).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let refused = store.enqueue(new("d3", "d3", t0), WINDOW, 2).await;
+    assert!(matches!(refused, Err(Error::Full(2))), "{refused:?}");
+    store
+        .mark_delivered(&claimed[0].id, "r1", t0)
+        .await
+        .expect("mark_delivered");
+    let outcome = store
+        .enqueue(new("d3", "d3", t0 + secs(1)), WINDOW, 2)
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Queued("d3".to_owned()));
+}
+
+async fn claim_takes_due_items_up_to_limit(store: Arc<dyn Store>) {
+    let t0 = t0();
+    put(&store, "d1", t0).await;
+    put(&store, "d2", t0 + millis(1)).await;
+    put(&store, "d3", t0 + secs(2)).await;
+    put(&store, "later", t0 + secs(60)).await;
+    let now = t0 + secs(5);
+
+    // Limit 2: the two earliest due.
+    let first = store.claim(now, 2, HOUR).await.expect("claim");
+    assert_eq!(sorted_ids(&first), ["d1", "d2"]);
+    for d in &first {
+        assert_eq!(d.state, State::Delivering);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.next_attempt_at, None);
+        assert_eq!(d.updated_at, now);
+        assert_eq!(get(&store, &d.id).await, *d);
+    }
+    // The rest that is due; not the one due later, not the leased ones.
+    let second = store.claim(now, 10, HOUR).await.expect("claim");
+    assert_eq!(ids(&second), ["d3"]);
+    assert!(store.claim(now, 10, HOUR).await.expect("claim").is_empty());
+    let later = get(&store, "later").await;
+    assert_eq!(later.state, State::Queued);
+    assert_eq!(later.attempts, 0);
+    assert_eq!(
+        store
+            .claim(t0 + secs(60), 10, HOUR)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+    assert!(store.claim(now, 0, HOUR).await.expect("claim").is_empty());
+}
+
+async fn claimed_item_is_reclaimed_only_after_lease(store: Arc<dyn Store>) {
+    let t0 = t0();
+    put(&store, "a", t0).await;
+    put(&store, "b", t0).await;
+    let short = store
+        .claim(t0, 1, Duration::from_millis(1))
+        .await
+        .expect("claim");
+    let long = store.claim(t0, 1, HOUR).await.expect("claim");
+    assert_eq!(
+        sorted_ids(&[short.clone(), long.clone()].concat()),
+        ["a", "b"]
+    );
+    // Not before the lease expires…
+    assert!(store.claim(t0, 10, HOUR).await.expect("claim").is_empty());
+    // …then taken over, counting another attempt; the hour-long lease still holds.
+    let now = t0 + millis(2);
+    let again = store.claim(now, 10, HOUR).await.expect("claim");
+    assert_eq!(again.len(), 1);
+    let expired = &again[0];
+    assert_eq!(expired.id, short[0].id);
+    assert_eq!(expired.state, State::Delivering);
+    assert_eq!(expired.attempts, 2);
+    assert_eq!(expired.updated_at, now);
+    assert!(store.claim(now, 10, HOUR).await.expect("claim").is_empty());
+    // At t0 + 1h the first hour-long lease has run out, the one taken at t0 + 2ms has not.
+    let late = store.claim(t0 + secs(3600), 10, HOUR).await.expect("claim");
+    assert_eq!(ids(&late), ids(&long));
+}
+
+async fn schedule_retry_keeps_or_clears_sending_since(store: Arc<dyn Store>) {
+    let t0 = t0();
+    put(&store, "d1", t0).await;
+    store.claim(t0, 1, HOUR).await.expect("claim");
+    let since = t0 + secs(1);
+    store.mark_sending("d1", since).await.expect("mark_sending");
+    assert_eq!(get(&store, "d1").await.sending_since, Some(since));
+
+    let lost = error(None, "ambiguous: timed out");
+    let at = t0 + secs(30);
+    let now = t0 + secs(2);
+    store
+        .schedule_retry("d1", at, &lost, Some(since), now)
+        .await
+        .expect("schedule_retry");
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Queued);
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.next_attempt_at, Some(at));
+    assert_eq!(d.sending_since, Some(since));
+    assert_eq!(d.last_error, Some(lost.clone()));
+    assert_eq!(d.updated_at, now);
+    assert_eq!(store.next_due().await.expect("next_due"), Some(at));
+
+    // Not due before `at`; then claimed with the unknown outcome still recorded.
+    assert!(
+        store
+            .claim(at - millis(1), 10, HOUR)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let claimed = store.claim(at, 10, HOUR).await.expect("claim");
+    assert_eq!(ids(&claimed), ["d1"]);
+    assert_eq!(claimed[0].attempts, 2);
+    assert_eq!(claimed[0].sending_since, Some(since));
+    assert_eq!(claimed[0].last_error, Some(lost));
+
+    let busy = error(Some(90018), "too many requests");
+    store
+        .schedule_retry("d1", at + secs(30), &busy, None, at)
+        .await
+        .expect("schedule_retry");
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Queued);
+    assert_eq!(d.sending_since, None);
+    assert_eq!(d.next_attempt_at, Some(at + secs(30)));
+    assert_eq!(d.last_error, Some(busy));
+}
+
+async fn mark_delivered_sets_report_id(store: Arc<dyn Store>) {
+    let t0 = t0();
+    put(&store, "d1", t0).await;
+    store.claim(t0, 1, HOUR).await.expect("claim");
+    store
+        .mark_sending("d1", t0 + secs(1))
+        .await
+        .expect("mark_sending");
+    let now = t0 + secs(2);
+    store
+        .mark_delivered("d1", "report-1", now)
+        .await
+        .expect("mark_delivered");
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Delivered);
+    assert_eq!(d.report_id.as_deref(), Some("report-1"));
+    assert_eq!(d.sending_since, None);
+    assert_eq!(d.next_attempt_at, None);
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.updated_at, now);
+    assert_eq!(d.created_at, t0);
+    assert!(
+        store
+            .claim(t0 + secs(7200), 10, HOUR)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(store.stats().await.expect("stats"), QueueStats::default());
+}
+
+async fn mark_failed_keeps_last_error(store: Arc<dyn Store>) {
+    let t0 = t0();
+    put(&store, "d1", t0).await;
+    put(&store, "d2", t0).await;
+    store.claim(t0, 2, HOUR).await.expect("claim");
+    store.mark_sending("d1", t0).await.expect("mark_sending");
+    let rejected = error(Some(400_002), "invalid template contents: 今日完成工作");
+    let now = t0 + secs(1);
+    store
+        .mark_failed("d1", &rejected, now)
+        .await
+        .expect("mark_failed");
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Failed);
+    assert_eq!(d.last_error, Some(rejected));
+    assert_eq!(d.sending_since, None);
+    assert_eq!(d.next_attempt_at, None);
+    assert_eq!(d.report_id, None);
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.updated_at, now);
+
+    let no_code = error(None, "connection refused");
+    store
+        .mark_failed("d2", &no_code, now)
+        .await
+        .expect("mark_failed");
+    assert_eq!(get(&store, "d2").await.last_error, Some(no_code));
+    assert!(
+        store
+            .claim(t0 + secs(7200), 10, HOUR)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+async fn release_returns_item_uncounted(store: Arc<dyn Store>) {
+    let t0 = t0();
+    put(&store, "d1", t0).await;
+    store.claim(t0, 1, HOUR).await.expect("claim");
+    let now = t0 + secs(1);
+    store.release("d1", now).await.expect("release");
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Queued);
+    assert_eq!(d.attempts, 0);
+    assert_eq!(d.next_attempt_at, Some(now));
+    assert_eq!(d.updated_at, now);
+    // Claimable again at once, though the lease had an hour to run.
+    let again = store.claim(now, 10, HOUR).await.expect("claim");
+    assert_eq!(ids(&again), ["d1"]);
+    assert_eq!(again[0].attempts, 1);
+
+    // Only a delivering delivery is released.
+    store
+        .mark_delivered("d1", "report-1", now)
+        .await
+        .expect("mark_delivered");
+    store.release("d1", now + secs(1)).await.expect("release");
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Delivered);
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.next_attempt_at, None);
+    store.release("nope", now).await.expect("release unknown");
+}
+
+async fn retry_requeues_failed_only(store: Arc<dyn Store>) {
+    let t0 = t0();
+    put(&store, "failed", t0).await;
+    put(&store, "delivered", t0).await;
+    put(&store, "queued", t0 + secs(1)).await;
+    store.claim(t0, 2, HOUR).await.expect("claim");
+    let gave_up = error(Some(88), "ambiguous: no answer");
+    store
+        .mark_failed("failed", &gave_up, t0 + secs(1))
+        .await
+        .expect("mark_failed");
+    // A create was started after all (an unknown outcome the operator has now checked).
+    store
+        .mark_sending("failed", t0 + secs(2))
+        .await
+        .expect("mark_sending");
+    store
+        .mark_delivered("delivered", "report-1", t0 + secs(1))
+        .await
+        .expect("mark_delivered");
+
+    let now = t0 + secs(10);
+    assert_eq!(
+        store.retry("failed", now).await.expect("retry"),
+        Some(State::Failed)
+    );
+    let d = get(&store, "failed").await;
+    assert_eq!(d.state, State::Queued);
+    assert_eq!(d.attempts, 0);
+    assert_eq!(d.sending_since, None);
+    assert_eq!(d.next_attempt_at, Some(now));
+    assert_eq!(d.updated_at, now);
+    assert_eq!(d.last_error, Some(gave_up));
+    let claimed = store.claim(now, 10, HOUR).await.expect("claim");
+    assert_eq!(sorted_ids(&claimed), ["failed", "queued"]);
+
+    let before = get(&store, "delivered").await;
+    assert_eq!(
+        store.retry("delivered", now).await.expect("retry"),
+        Some(State::Delivered)
+    );
+    assert_eq!(get(&store, "delivered").await, before);
+
+    let before = get(&store, "queued").await;
+    assert_eq!(
+        store.retry("queued", now).await.expect("retry"),
+        Some(State::Delivering)
+    );
+    assert_eq!(get(&store, "queued").await, before);
+
+    assert_eq!(store.retry("nope", now).await.expect("retry"), None);
+}
+
+async fn list_filters_newest_first(store: Arc<dyn Store>) {
+    let t0 = t0();
+    for (i, id) in ["d1", "d2", "d3", "d4"].into_iter().enumerate() {
+        put(&store, id, t0 + secs(i64::try_from(i).expect("small"))).await;
+    }
+    store
+        .mark_delivered("d2", "report-2", t0 + secs(5))
+        .await
+        .expect("mark_delivered");
+
+    let all = store.list(None, 10).await.expect("list");
+    assert_eq!(ids(&all), ["d4", "d3", "d2", "d1"]);
+    assert_eq!(all[2].state, State::Delivered);
+    assert_eq!(ids(&store.list(None, 2).await.expect("list")), ["d4", "d3"]);
+    let queued = store.list(Some(State::Queued), 10).await.expect("list");
+    assert_eq!(ids(&queued), ["d4", "d3", "d1"]);
+    assert_eq!(
+        ids(&store.list(Some(State::Queued), 1).await.expect("list")),
+        ["d4"]
+    );
+    let delivered = store.list(Some(State::Delivered), 10).await.expect("list");
+    assert_eq!(ids(&delivered), ["d2"]);
+    assert_eq!(delivered[0].report_id.as_deref(), Some("report-2"));
+    assert!(
+        store
+            .list(Some(State::Failed), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(store.list(None, 0).await.expect("list").is_empty());
+}
+
+async fn stats_and_next_due(store: Arc<dyn Store>) {
+    let t0 = t0();
+    assert_eq!(store.stats().await.expect("stats"), QueueStats::default());
+    assert_eq!(store.next_due().await.expect("next_due"), None);
+
+    put(&store, "d1", t0).await;
+    put(&store, "d2", t0 + secs(1)).await;
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        stats,
+        QueueStats {
+            depth: 2,
+            oldest: Some(t0)
+        }
+    );
+    assert_eq!(store.next_due().await.expect("next_due"), Some(t0));
+
+    // Delivering still counts towards depth, but is not due.
+    assert_eq!(ids(&store.claim(t0, 1, HOUR).await.expect("claim")), ["d1"]);
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        stats,
+        QueueStats {
+            depth: 2,
+            oldest: Some(t0)
+        }
+    );
+    assert_eq!(
+        store.next_due().await.expect("next_due"),
+        Some(t0 + secs(1))
+    );
+
+    store
+        .mark_delivered("d1", "report-1", t0 + secs(2))
+        .await
+        .expect("mark_delivered");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        stats,
+        QueueStats {
+            depth: 1,
+            oldest: Some(t0 + secs(1))
+        }
+    );
+    store
+        .schedule_retry(
+            "d2",
+            t0 + secs(30),
+            &error(None, "busy"),
+            None,
+            t0 + secs(2),
+        )
+        .await
+        .expect("schedule_retry");
+    assert_eq!(
+        store.next_due().await.expect("next_due"),
+        Some(t0 + secs(30))
+    );
+
+    store
+        .mark_failed("d2", &error(None, "gave up"), t0 + secs(3))
+        .await
+        .expect("mark_failed");
+    assert_eq!(store.stats().await.expect("stats"), QueueStats::default());
+    assert_eq!(store.next_due().await.expect("next_due"), None);
+}
+
+async fn prune_removes_old_delivered_and_dedup_keys(store: Arc<dyn Store>) {
+    let t0 = t0();
+    for id in ["old-delivered", "new-delivered", "old-failed", "old-queued"] {
+        put(&store, id, t0).await;
+    }
+    store
+        .mark_delivered("old-delivered", "report-1", t0 + secs(1))
+        .await
+        .expect("mark_delivered");
+    store
+        .mark_failed("old-failed", &error(None, "gave up"), t0 + secs(1))
+        .await
+        .expect("mark_failed");
+    let before = t0 + HOUR_CHRONO;
+    store
+        .mark_delivered("new-delivered", "report-2", before + secs(1))
+        .await
+        .expect("mark_delivered");
+    put(&store, "recent", before + secs(1)).await;
+
+    // One delivery and the four keys accepted at t0.
+    assert_eq!(store.prune(before).await.expect("prune"), 5);
+    assert_eq!(store.get("old-delivered").await.expect("get"), None);
+    for id in ["new-delivered", "old-failed", "old-queued", "recent"] {
+        assert!(
+            store.get(id).await.expect("get").is_some(),
+            "{id} was pruned"
+        );
+    }
+    assert_eq!(store.prune(before).await.expect("prune"), 0);
+
+    // The pruned key is free even within a long window; the recent one is still known.
+    let long = Duration::from_secs(86_400);
+    let outcome = store
+        .enqueue(
+            new("again", "key-old-failed", before + secs(2)),
+            long,
+            ROOMY,
+        )
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Queued("again".to_owned()));
+    let outcome = store
+        .enqueue(new("dup", "key-recent", before + secs(2)), long, ROOMY)
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome, Enqueued::Duplicate("recent".to_owned()));
+}
+
+async fn concurrent_enqueue_of_one_key_queues_once(store: Arc<dyn Store>) {
+    let t0 = t0();
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .enqueue(new(&format!("d{i}"), "shared", t0), WINDOW, ROOMY)
+                    .await
+                    .expect("enqueue")
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task"));
+    }
+    let queued: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Enqueued::Queued(id) => Some(id),
+            Enqueued::Duplicate(_) => None,
+        })
+        .collect();
+    assert_eq!(queued.len(), 1, "{outcomes:?}");
+    let first = queued[0].clone();
+    for outcome in &outcomes {
+        assert!(
+            *outcome == Enqueued::Queued(first.clone())
+                || *outcome == Enqueued::Duplicate(first.clone()),
+            "{outcomes:?}"
+        );
+    }
+    assert_eq!(store.stats().await.expect("stats").depth, 1);
+    assert_eq!(
+        ids(&store.list(None, 10).await.expect("list")),
+        [first.as_str()]
+    );
+}
+
+async fn concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
+    let t0 = t0();
+    for i in 0..100 {
+        put(&store, &format!("d{i:03}"), t0 + millis(i)).await;
+    }
+    let now = t0 + secs(1);
+    let barrier = Arc::new(tokio::sync::Barrier::new(4));
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut mine = Vec::new();
+                loop {
+                    let batch = store.claim(now, 3, HOUR).await.expect("claim");
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|d| d.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    assert_eq!(all.len(), 100, "claimed {} in total", all.len());
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), 100, "some delivery was claimed twice");
+    for d in store.list(None, 200).await.expect("list") {
+        assert_eq!((d.state, d.attempts), (State::Delivering, 1), "{}", d.id);
+    }
+    assert!(store.claim(now, 10, HOUR).await.expect("claim").is_empty());
+}
