@@ -5,7 +5,7 @@ CREATE TABLE deliveries (
     route           TEXT NOT NULL,
     dedup_key       TEXT NOT NULL,
     state           TEXT NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
+    attempts        BIGINT NOT NULL DEFAULT 0,
     next_attempt_at BIGINT,
     lease_until     BIGINT,
     sending_since   BIGINT,

@@ -18,35 +18,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use super::sql::{COLUMNS, from_ms, millis, ms, row_to_delivery, unavailable};
 use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store};
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
 }
-
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(e.to_string())
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-const COLUMNS: &str = "id, route, dedup_key, state, attempts, next_attempt_at, sending_since, \
-     last_errcode, last_errmsg, report_id, draft, created_at, updated_at";
 
 /// The parts of a connection URL: everything but the password and the query (which may hold
 /// a `password=` too), and the password itself.
@@ -125,42 +107,6 @@ impl PostgresStore {
             .map_err(|e| open_error(url, "migrating", e))?;
         Ok(Self { pool })
     }
-}
-
-fn row_to_delivery(row: &PgRow) -> Result<Delivery> {
-    let id: String = row.try_get("id").map_err(unavailable)?;
-    let corrupt = |message: String| Error::Corrupt {
-        id: id.clone(),
-        message,
-    };
-    let state_name: String = row.try_get("state").map_err(unavailable)?;
-    let state =
-        State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
-    let draft: String = row.try_get("draft").map_err(unavailable)?;
-    let draft = serde_json::from_str(&draft).map_err(|e| corrupt(format!("draft: {e}")))?;
-    let errcode: Option<i64> = row.try_get("last_errcode").map_err(unavailable)?;
-    let errmsg: Option<String> = row.try_get("last_errmsg").map_err(unavailable)?;
-    let attempts: i32 = row.try_get("attempts").map_err(unavailable)?;
-    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row
-            .try_get::<Option<i64>, _>(name)
-            .map_err(unavailable)?
-            .map(from_ms))
-    };
-    Ok(Delivery {
-        route: row.try_get("route").map_err(unavailable)?,
-        dedup_key: row.try_get("dedup_key").map_err(unavailable)?,
-        state,
-        attempts: u32::try_from(attempts).unwrap_or_default(),
-        next_attempt_at: opt_time("next_attempt_at")?,
-        sending_since: opt_time("sending_since")?,
-        last_error: errmsg.map(|errmsg| LastError { errcode, errmsg }),
-        report_id: row.try_get("report_id").map_err(unavailable)?,
-        draft,
-        created_at: from_ms(row.try_get("created_at").map_err(unavailable)?),
-        updated_at: from_ms(row.try_get("updated_at").map_err(unavailable)?),
-        id,
-    })
 }
 
 #[async_trait]

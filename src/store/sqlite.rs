@@ -7,11 +7,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+use super::sql::{COLUMNS, from_ms, millis, ms, row_to_delivery, unavailable};
 use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store};
 
 /// The SQLite store.
@@ -124,25 +125,6 @@ async fn commit_group(
     Ok(results)
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(e.to_string())
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-const COLUMNS: &str = "id, route, dedup_key, state, attempts, next_attempt_at, sending_since, \
-     last_errcode, last_errmsg, report_id, draft, created_at, updated_at";
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies the migrations.
     pub async fn open(path: &str) -> Result<Self> {
@@ -189,42 +171,6 @@ impl SqliteStore {
             intake,
         })
     }
-}
-
-fn row_to_delivery(row: &sqlx::sqlite::SqliteRow) -> Result<Delivery> {
-    let id: String = row.try_get("id").map_err(unavailable)?;
-    let corrupt = |message: String| Error::Corrupt {
-        id: id.clone(),
-        message,
-    };
-    let state_name: String = row.try_get("state").map_err(unavailable)?;
-    let state =
-        State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
-    let draft: String = row.try_get("draft").map_err(unavailable)?;
-    let draft = serde_json::from_str(&draft).map_err(|e| corrupt(format!("draft: {e}")))?;
-    let errcode: Option<i64> = row.try_get("last_errcode").map_err(unavailable)?;
-    let errmsg: Option<String> = row.try_get("last_errmsg").map_err(unavailable)?;
-    let attempts: i64 = row.try_get("attempts").map_err(unavailable)?;
-    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>> {
-        Ok(row
-            .try_get::<Option<i64>, _>(name)
-            .map_err(unavailable)?
-            .map(from_ms))
-    };
-    Ok(Delivery {
-        route: row.try_get("route").map_err(unavailable)?,
-        dedup_key: row.try_get("dedup_key").map_err(unavailable)?,
-        state,
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        next_attempt_at: opt_time("next_attempt_at")?,
-        sending_since: opt_time("sending_since")?,
-        last_error: errmsg.map(|errmsg| LastError { errcode, errmsg }),
-        report_id: row.try_get("report_id").map_err(unavailable)?,
-        draft,
-        created_at: from_ms(row.try_get("created_at").map_err(unavailable)?),
-        updated_at: from_ms(row.try_get("updated_at").map_err(unavailable)?),
-        id,
-    })
 }
 
 #[async_trait]

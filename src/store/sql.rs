@@ -1,0 +1,74 @@
+//! What the SQL backends share: the column list, time and duration conversions, error mapping
+//! and turning a row into a [`Delivery`]. Both schemas store times as Unix milliseconds.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{Delivery, Error, LastError, Result, State};
+
+/// The columns [`row_to_delivery`] reads, in order.
+pub(super) const COLUMNS: &str = "id, route, dedup_key, state, attempts, next_attempt_at, \
+     sending_since, last_errcode, last_errmsg, report_id, draft, created_at, updated_at";
+
+/// A database failure, as the store reports it.
+pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+/// A time as stored.
+pub(super) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored time.
+pub(super) fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+/// A duration in stored units.
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Reads a [`Delivery`] from a row holding [`COLUMNS`]; an unreadable state or draft is
+/// [`Error::Corrupt`] naming the delivery.
+pub(super) fn row_to_delivery<R>(row: &R) -> Result<Delivery>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let text = |name: &str| -> Result<String> { row.try_get(name).map_err(unavailable) };
+    let opt_text =
+        |name: &str| -> Result<Option<String>> { row.try_get(name).map_err(unavailable) };
+    let number = |name: &str| -> Result<i64> { row.try_get(name).map_err(unavailable) };
+    let opt_number = |name: &str| -> Result<Option<i64>> { row.try_get(name).map_err(unavailable) };
+    let id = text("id")?;
+    let corrupt = |message: String| Error::Corrupt {
+        id: id.clone(),
+        message,
+    };
+    let state_name = text("state")?;
+    let state =
+        State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
+    let draft =
+        serde_json::from_str(&text("draft")?).map_err(|e| corrupt(format!("draft: {e}")))?;
+    let errcode = opt_number("last_errcode")?;
+    Ok(Delivery {
+        route: text("route")?,
+        dedup_key: text("dedup_key")?,
+        state,
+        attempts: u32::try_from(number("attempts")?).unwrap_or(u32::MAX),
+        next_attempt_at: opt_number("next_attempt_at")?.map(from_ms),
+        sending_since: opt_number("sending_since")?.map(from_ms),
+        last_error: opt_text("last_errmsg")?.map(|errmsg| LastError { errcode, errmsg }),
+        report_id: opt_text("report_id")?,
+        draft,
+        created_at: from_ms(number("created_at")?),
+        updated_at: from_ms(number("updated_at")?),
+        id,
+    })
+}
