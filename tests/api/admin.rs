@@ -92,3 +92,38 @@ async fn shutdown_finishes_in_flight_deliveries() {
     let delivery = store.get(&id).await.unwrap().unwrap();
     assert_eq!(delivery.state, dingtalk_relay::store::State::Delivered);
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_readyz_says_why() {
+    // Arrange: DingTalk keeps failing, so deliveries stay queued; room for two.
+    let app = spawn_app_with(TestConfig {
+        max_queued: 2,
+        max_attempts: 100,
+        ..TestConfig::default()
+    })
+    .await;
+    for _ in 0..100 {
+        app.fake
+            .push_create_fault(dingtalk_relay::sandbox::Fault::Http(503));
+    }
+    app.accept(&job_status_n(1)).await;
+    app.accept(&job_status_n(2)).await;
+    // Act
+    let refused = app.post_hook("ci", &job_status_n(3)).await;
+    // Assert
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["reason"].as_str().unwrap().contains("full"),
+        "{ready}"
+    );
+    // Nothing was stored for the refused webhook.
+    let listed: Value = app.get_admin("/v1/deliveries").await.json().await.unwrap();
+    assert_eq!(listed["deliveries"].as_array().unwrap().len(), 2);
+    app.stop().await;
+}

@@ -28,6 +28,7 @@ pub struct TestConfig {
     pub admin_token: Option<&'static str>,
     pub max_body_bytes: usize,
     pub lease: &'static str,
+    pub max_queued: u64,
 }
 
 impl Default for TestConfig {
@@ -43,6 +44,7 @@ impl Default for TestConfig {
             admin_token: None,
             max_body_bytes: 65536,
             lease: "10s",
+            max_queued: 1000,
         }
     }
 }
@@ -82,6 +84,7 @@ dingtalk:
       app_secret: "{app_secret}"
 store:
   url: "{store}"
+  max_queued: {max_queued}
 delivery:
   max_attempts: {max_attempts}
   initial_backoff: 20ms
@@ -113,6 +116,7 @@ routes:
         template = config.template,
         extra = config.route_extra,
         lease = config.lease,
+        max_queued = config.max_queued,
     )
 }
 
