@@ -4,9 +4,9 @@
 mod helpers;
 
 mod admin;
-mod crash;
 mod delivery_retry;
 mod metrics;
+mod process;
 mod store_contract;
 mod token_cache;
 mod webhook;

@@ -1,5 +1,6 @@
-//! The real binary, killed with SIGKILL mid-flight while DingTalk is slow, restarted on the
-//! same SQLite file: every webhook that got a 202 is delivered exactly once.
+//! The real binary as a process: killed with SIGKILL mid-flight and restarted on the same
+//! SQLite file, two replicas on PostgreSQL with one killed (every webhook that got a 202 is
+//! delivered exactly once), and the proxy from the environment.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -20,10 +21,16 @@ pub struct Relay {
 
 /// Starts the binary and reads its ports from the JSON startup log line.
 pub fn start_relay(config: &Path) -> Relay {
+    start_relay_with_env(config, &[])
+}
+
+/// Like [`start_relay`] with extra environment variables.
+pub fn start_relay_with_env(config: &Path, env: &[(&str, &str)]) -> Relay {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"))
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -256,4 +263,33 @@ async fn two_replicas_on_postgres_one_killed_lose_nothing_and_double_nothing() {
     let _ = b.child.wait();
     assert!(done, "not every accepted webhook was delivered");
     assert_each_reported_once(&fake, accepted.keys());
+}
+
+#[tokio::test]
+async fn dingtalk_is_reached_through_the_proxy_from_the_environment() {
+    // Arrange: the DingTalk host does not resolve; only the proxy (the fake, which serves
+    // absolute-form requests) can answer.
+    let dir = tempfile::tempdir().unwrap();
+    let options = FakeOptions::default();
+    let (fake, proxy) = FakeDingTalk::spawn(options.clone()).await.unwrap();
+    let store_url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let config = write_config(dir.path(), "http://dingtalk.invalid", &options, &store_url);
+    let mut relay =
+        start_relay_with_env(&config, &[("HTTP_PROXY", proxy.as_str()), ("NO_PROXY", "")]);
+    let http = reqwest::Client::new();
+    // Act
+    let answer = http
+        .post(format!("{}/v1/hooks/ci?wait=10", relay.address))
+        .bearer_auth(ROUTE_SECRET)
+        .json(&job_status())
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    relay.child.kill().ok();
+    let _ = relay.child.wait();
+    // Assert
+    assert_eq!(status, 201);
+    assert_eq!(fake.reports().len(), 1);
+    assert_eq!(fake.gettoken_calls(), 1);
 }
