@@ -127,3 +127,44 @@ async fn a_full_queue_answers_503_with_retry_after_and_readyz_says_why() {
     assert_eq!(listed["deliveries"].as_array().unwrap().len(), 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_store_answers_503_and_readyz_says_why() {
+    use sqlx::Connection;
+    // Arrange: a relay on its own PostgreSQL database.
+    let Some((server, database, store_url)) =
+        fresh_postgres_database("the unreachable-store test").await
+    else {
+        return;
+    };
+    let app = spawn_app_with(TestConfig {
+        store_url,
+        ..TestConfig::default()
+    })
+    .await;
+    app.accept(&job_status_n(1)).await;
+    // Act: the database goes away under it.
+    let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let refused = app.post_hook("ci", &job_status_n(2)).await;
+    // Assert
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        !body.to_string().contains("postgres://"),
+        "no connection string: {body}"
+    );
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["reason"].as_str().unwrap().contains("store"),
+        "{ready}"
+    );
+    app.cancel.cancel();
+}
