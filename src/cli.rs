@@ -100,7 +100,14 @@ pub async fn render(
             .with_context(|| format!("-H {h:?}: bad header value"))?;
         map.append(name, value);
     }
-    let prepared = match prepare(&settings, &mapper, route, &map, body, chrono::Utc::now()) {
+    let request = crate::sources::Request {
+        headers: &map,
+        body,
+        target: &format!("/v1/hooks/{route}"),
+        method: "post",
+        now: chrono::Utc::now(),
+    };
+    let prepared = match prepare(&settings, &mapper, route, &request) {
         Ok(p) => p,
         Err(e) => return Ok(Rendered::Rejected(e.status.as_u16(), e.body())),
     };

@@ -661,15 +661,6 @@ impl Settings {
     ) {
         let path = format!("routes.{name}");
         check_name(&path, name, push);
-        if route.source != SourceKind::Generic {
-            push(
-                format!("{path}.source"),
-                format!(
-                    "source {:?} is not supported yet; use generic",
-                    route.source.as_str()
-                ),
-            );
-        }
         match &route.secret {
             Some(secret) if secret.expose().is_empty() => {
                 push(

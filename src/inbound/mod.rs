@@ -5,7 +5,6 @@
 
 pub mod admin;
 pub mod error;
-pub mod verify;
 pub mod webhook;
 
 use std::time::Duration;

@@ -6,16 +6,16 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, verify};
-use crate::config::{RouteSettings, Settings, SourceKind};
+use super::ApiError;
+use crate::config::{RouteSettings, Settings};
 use crate::delivery::{Outcome, final_outcome};
 use crate::mapping::{Mapped, Mapper, ReportDraft};
 use crate::sources;
@@ -31,7 +31,6 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// A webhook that passed every check, ready to store or show.
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // short-lived, moved once
 pub enum Prepared {
     /// A report to create.
     Report {
@@ -46,37 +45,31 @@ pub enum Prepared {
     Ignored(String),
 }
 
-/// Checks the content type, parses the body and maps it: everything after authentication
-/// that needs no I/O. Shared by the webhook handler and `render`.
+/// Checks the content type, parses the body with the route's source and maps it: everything
+/// after authentication that needs no I/O. Shared by the webhook handler and `render`.
 pub fn prepare(
     settings: &Settings,
     mapper: &Mapper,
     route_name: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: DateTime<Utc>,
+    request: &sources::Request<'_>,
 ) -> Result<Prepared, ApiError> {
     let route = settings
         .routes
         .get(route_name)
         .ok_or_else(|| ApiError::route_not_found(route_name))?;
-    check_content_type(headers)?;
-    let event = match route.source {
-        SourceKind::Generic => sources::generic::parse(body),
-        other => {
-            return Err(ApiError::internal(format!(
-                "source {} is not supported by this build",
-                other.as_str()
-            )));
-        }
-    }
-    .map_err(|e| ApiError::invalid_payload(e.message, e.field))?;
-    match mapper.map(route_name, &event, now) {
+    check_content_type(request.headers)?;
+    let event = match sources::parse(route.source, request)
+        .map_err(|e| ApiError::invalid_payload(e.message, e.field))?
+    {
+        sources::Parsed::Event(event) => event,
+        sources::Parsed::Ignored(reason) => return Ok(Prepared::Ignored(reason)),
+    };
+    match mapper.map(route_name, &event, request.now) {
         Ok(Mapped::Ignored { reason }) => Ok(Prepared::Ignored(reason)),
         Ok(Mapped::Report { draft, truncated }) => Ok(Prepared::Report {
             draft,
             truncated,
-            dedup_key: dedup_key(route_name, route, headers, body),
+            dedup_key: dedup_key(route_name, route, request),
         }),
         Err(e) => {
             tracing::error!(error = %e, "mapping failed");
@@ -88,22 +81,14 @@ pub fn prepare(
 }
 
 /// The source's delivery id when it sends one, else a hash of route + raw body (spec §5).
-fn dedup_key(route_name: &str, route: &RouteSettings, headers: &HeaderMap, body: &[u8]) -> String {
-    let delivery_id = match route.source {
-        SourceKind::Generic => headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty()),
-        _ => None,
-    };
-    match delivery_id {
+fn dedup_key(route_name: &str, route: &RouteSettings, request: &sources::Request<'_>) -> String {
+    match sources::delivery_id(route.source, request) {
         Some(id) => format!("{route_name}:id:{id}"),
         None => {
             let mut hash = Sha256::new();
             hash.update(route_name.as_bytes());
             hash.update([0]);
-            hash.update(body);
+            hash.update(request.body);
             format!("{route_name}:sha256:{}", hex::encode(hash.finalize()))
         }
     }
@@ -156,6 +141,7 @@ async fn receive_webhook(
     State(state): State<AppState>,
     Path(route_name): Path<String>,
     RawQuery(query): RawQuery,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -164,9 +150,19 @@ async fn receive_webhook(
     } else {
         "_unknown"
     };
-    let (outcome, response) = match handle(&state, &route_name, query.as_deref(), &headers, body)
-        .await
-    {
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), ToString::to_string);
+    let answer = handle(
+        &state,
+        &route_name,
+        &target,
+        query.as_deref(),
+        &headers,
+        body,
+    )
+    .await;
+    let (outcome, response) = match answer {
         Ok(answer) => answer,
         Err(error) => {
             let outcome = match error.status {
@@ -197,6 +193,7 @@ async fn receive_webhook(
 async fn handle(
     state: &AppState,
     route_name: &str,
+    target: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
@@ -217,13 +214,20 @@ async fn handle(
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::too_large(limit))?;
+    let now = Utc::now();
+    let request = sources::Request {
+        headers,
+        body: &body,
+        target,
+        method: "post",
+        now,
+    };
     if let Some(secret) = &route.secret {
-        verify::generic(secret, headers, &body).map_err(ApiError::unauthorized)?;
+        sources::verify(route.source, secret, &request).map_err(ApiError::unauthorized)?;
     }
     let wait = parse_wait(query)?;
-    let now = Utc::now();
     let (draft, truncated, dedup_key) =
-        match prepare(settings, &state.mapper, route_name, headers, &body, now)? {
+        match prepare(settings, &state.mapper, route_name, &request)? {
             Prepared::Ignored(reason) => {
                 tracing::info!(reason, "webhook ignored");
                 let answer = Json(json!({"status": "ignored", "reason": reason}));

@@ -22,7 +22,7 @@ macro_rules! run_name {
 const JOB_DONE: &str = concat!(
     "{{ status_icon }} **",
     run_name!(),
-    "** {{ status_text }}\n",
+    "** {{ status_text }}{{ \" · \" ~ source if source }}\n",
     "{% if project %}\n项目 Project: {{ project }}\n{% endif %}\n",
     "{% if branch %}\n分支 Branch: {{ branch }}{{ \" @ \" ~ commit_short if commit_short }}\n",
     "{% elif commit_short %}\n提交 Commit: {{ commit_short }}\n{% endif %}\n",

@@ -59,10 +59,6 @@ pub struct DraftContent {
 }
 
 /// What a route makes of an event.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "made once per webhook and consumed at once; boxing buys nothing"
-)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapped {
     /// A report to create. `truncated` names the fields that were cut to the limit.

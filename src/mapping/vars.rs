@@ -34,6 +34,14 @@ pub(super) const VARIABLES: &[(&str, &str)] = &[
         "status_text",
         "job_status: bilingual status, e.g. \"成功 success\"; other values as sent",
     ),
+    (
+        "status_raw",
+        "job_status: the status exactly as the CI system named it (e.g. timed_out), when known",
+    ),
+    (
+        "source",
+        "job_status: the CI system, e.g. GitHub Actions (absent for generic webhooks)",
+    ),
     ("phase", "job_status: queued, in_progress or completed"),
     ("job", "job_status: job name"),
     (
@@ -127,7 +135,15 @@ pub(super) fn job_status(
     let status = job.status();
     ctx.insert("status", Value::from(status.as_str()));
     ctx.insert("status_icon", Value::from(status_icon(&status)));
-    ctx.insert("status_text", Value::from(status_text(&status)));
+    let mut text = status_text(&status);
+    if let Some(raw) = job.status_raw.as_deref()
+        && !raw.eq_ignore_ascii_case(status.as_str())
+    {
+        text = format!("{text} ({raw})");
+    }
+    ctx.insert("status_text", Value::from(text));
+    put(&mut ctx, "status_raw", job.status_raw.as_deref());
+    put(&mut ctx, "source", job.source.as_deref());
     ctx.insert("phase", Value::from(job.phase().as_str()));
     ctx.insert("date", Value::from(today(tz, now)));
     put(&mut ctx, "job", job.job.as_deref());

@@ -5,7 +5,37 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Map, Value};
 
-use super::{Event, JobStatus, PayloadError, Phase, Standup, Status};
+use super::auth::{self, AuthResult};
+use super::{Event, JobStatus, PayloadError, Phase, Request, Standup, Status};
+use crate::config::Secret;
+
+/// Checks the route's secret: `Authorization: Bearer <secret>`, or an HMAC-SHA256 of the raw
+/// body in `X-Signature-256: sha256=<hex>`.
+pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
+    let bearer = auth::bearer(request.headers);
+    let signature = auth::header(request.headers, "x-signature-256");
+    if bearer.is_none() && signature.is_none() {
+        return Err(
+            "missing credentials: send Authorization: Bearer <secret> or X-Signature-256: sha256=<hmac>"
+                .to_owned(),
+        );
+    }
+    if bearer.is_some_and(|token| auth::ct_eq(token.as_bytes(), secret.expose().as_bytes())) {
+        return Ok(());
+    }
+    if let Some(signature) = signature {
+        let hex = signature.strip_prefix("sha256=").unwrap_or(signature);
+        if auth::hmac_hex_matches(secret, request.body, hex) {
+            return Ok(());
+        }
+    }
+    Err("wrong secret or signature".to_owned())
+}
+
+/// A generic sender may name its delivery with `Idempotency-Key`.
+pub fn delivery_id(request: &Request<'_>) -> Option<String> {
+    auth::header(request.headers, "idempotency-key").map(str::to_owned)
+}
 
 /// Parses a generic webhook body into an [`Event`].
 pub fn parse(body: &[u8]) -> Result<Event, PayloadError> {
@@ -66,6 +96,8 @@ fn job_status(obj: &Obj<'_>) -> Result<JobStatus, PayloadError> {
         job,
         pipeline,
         status: Some(Status::parse(&status)),
+        status_raw: None,
+        source: None,
         phase,
         project: obj.string("project")?,
         run_id: obj.string_or_number("run_id")?,

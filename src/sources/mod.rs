@@ -1,10 +1,109 @@
 //! Sources: turning one CI system's webhook (headers + raw body) into the relay's normalised
-//! [`Event`]. One file per CI system. Parsing only: no I/O, no DingTalk knowledge.
+//! [`Event`] — authentication exactly as the sender does it, normalisation, lifecycle (what is
+//! ignored), and the sender's delivery id for dedup. One file per CI system, each with the same
+//! three functions (`verify`, `parse`, `delivery_id`); [`verify`], [`parse`] and
+//! [`delivery_id`] dispatch on the route's [`SourceKind`]. No I/O, no DingTalk knowledge.
 
+pub mod auth;
+pub mod azure_devops;
+pub mod bitbucket;
+pub mod buildkite;
+pub mod circleci;
+pub mod drone;
 pub mod generic;
+pub mod gitea;
+pub mod github;
+pub mod gitlab;
+pub mod jenkins;
 
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::config::{Secret, SourceKind};
+
+/// A webhook as received: what every source's functions read.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The raw body, exactly as received (signatures are over these bytes).
+    pub body: &'a [u8],
+    /// The request target as received, e.g. `/v1/hooks/ci` (HTTP-signature schemes sign it).
+    pub target: &'a str,
+    /// The request method, lower-case (e.g. `post`).
+    pub method: &'a str,
+    /// When it arrived (timestamp windows are checked against it).
+    pub now: DateTime<Utc>,
+}
+
+/// What a source makes of a webhook it accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    /// A job status or standup to report (the route's filters still apply).
+    Event(Event),
+    /// A valid webhook that never makes a report (ping, test delivery, unrelated event kind),
+    /// with the reason for the `200 ignored` answer.
+    Ignored(String),
+}
+
+/// How far a signed timestamp may be from the relay's clock (replay protection).
+pub const TIMESTAMP_WINDOW_SECS: i64 = 300;
+
+/// Checks the webhook's authentication the way `kind`'s sender does it. `Err` is the 401
+/// message (it never contains the secret).
+pub fn verify(kind: SourceKind, secret: &Secret, request: &Request<'_>) -> auth::AuthResult {
+    match kind {
+        SourceKind::Generic => generic::verify(secret, request),
+        SourceKind::Github => github::verify(secret, request),
+        SourceKind::Gitlab => gitlab::verify(secret, request),
+        SourceKind::Gitea => gitea::verify(secret, request, gitea::Flavor::Gitea),
+        SourceKind::Forgejo => gitea::verify(secret, request, gitea::Flavor::Forgejo),
+        SourceKind::Jenkins => jenkins::verify(secret, request),
+        SourceKind::Circleci => circleci::verify(secret, request),
+        SourceKind::Buildkite => buildkite::verify(secret, request),
+        SourceKind::Drone => drone::verify(secret, request),
+        SourceKind::AzureDevops => azure_devops::verify(secret, request),
+        SourceKind::Bitbucket => bitbucket::verify(secret, request),
+    }
+}
+
+/// Normalises the webhook, or says why it is ignored. `Err` is a 400 naming the field.
+pub fn parse(kind: SourceKind, request: &Request<'_>) -> Result<Parsed, PayloadError> {
+    match kind {
+        SourceKind::Generic => generic::parse(request.body).map(Parsed::Event),
+        SourceKind::Github => github::parse(request),
+        SourceKind::Gitlab => gitlab::parse(request),
+        SourceKind::Gitea => gitea::parse(request, gitea::Flavor::Gitea),
+        SourceKind::Forgejo => gitea::parse(request, gitea::Flavor::Forgejo),
+        SourceKind::Jenkins => jenkins::parse(request),
+        SourceKind::Circleci => circleci::parse(request),
+        SourceKind::Buildkite => buildkite::parse(request),
+        SourceKind::Drone => drone::parse(request),
+        SourceKind::AzureDevops => azure_devops::parse(request),
+        SourceKind::Bitbucket => bitbucket::parse(request),
+    }
+}
+
+/// The sender's own id for this delivery (stable across its redeliveries), for dedup; `None`
+/// means dedup falls back to a hash of route + body.
+pub fn delivery_id(kind: SourceKind, request: &Request<'_>) -> Option<String> {
+    let id = match kind {
+        SourceKind::Generic => generic::delivery_id(request),
+        SourceKind::Github => github::delivery_id(request),
+        SourceKind::Gitlab => gitlab::delivery_id(request),
+        SourceKind::Gitea => gitea::delivery_id(request, gitea::Flavor::Gitea),
+        SourceKind::Forgejo => gitea::delivery_id(request, gitea::Flavor::Forgejo),
+        SourceKind::Jenkins => jenkins::delivery_id(request),
+        SourceKind::Circleci => circleci::delivery_id(request),
+        SourceKind::Buildkite => buildkite::delivery_id(request),
+        SourceKind::Drone => drone::delivery_id(request),
+        SourceKind::AzureDevops => azure_devops::delivery_id(request),
+        SourceKind::Bitbucket => bitbucket::delivery_id(request),
+    }?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
 
 /// A normalised webhook: what every source is turned into.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +221,11 @@ pub struct JobStatus {
     pub pipeline: Option<String>,
     /// Normalised status.
     pub status: Option<Status>,
+    /// The status exactly as the sender named it (e.g. GitHub `timed_out`), when it differs
+    /// from or refines the normalised one; shown next to `unknown`.
+    pub status_raw: Option<String>,
+    /// The CI system's display name, e.g. `GitHub Actions` (absent for generic webhooks).
+    pub source: Option<String>,
     /// Lifecycle phase (derived from the status unless the source says otherwise).
     pub phase: Option<Phase>,
     /// Project or repository, e.g. `acme/api`.

@@ -1,6 +1,6 @@
 //! The webhook API: accepted, duplicate, ignored, every 4xx with nothing sent, ?wait.
 
-use dingtalk_relay::inbound::verify::sign;
+use dingtalk_relay::sources::auth::sign_sha256 as sign;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
