@@ -661,6 +661,15 @@ impl Settings {
     ) {
         let path = format!("routes.{name}");
         check_name(&path, name, push);
+        if !crate::sources::IMPLEMENTED.contains(&route.source) {
+            push(
+                format!("{path}.source"),
+                format!(
+                    "source {:?} is not supported by this build yet",
+                    route.source.as_str()
+                ),
+            );
+        }
         match &route.secret {
             Some(secret) if secret.expose().is_empty() => {
                 push(

@@ -47,6 +47,9 @@ pub enum Parsed {
     Ignored(String),
 }
 
+/// The sources this build can take webhooks from.
+pub const IMPLEMENTED: &[SourceKind] = &[SourceKind::Generic];
+
 /// How far a signed timestamp may be from the relay's clock (replay protection).
 pub const TIMESTAMP_WINDOW_SECS: i64 = 300;
 
