@@ -162,11 +162,30 @@ async fn serve(config: Option<PathBuf>, sandbox: bool) -> ExitCode {
         sandbox,
         "dingtalk-relay listening"
     );
+    let reloader = app.state().reloader.clone();
+    reloader.set_config_file(config);
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_signal(cancel.clone()));
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(reloader));
     match app.run_until_stopped(cancel).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&one_line(&e)),
+    }
+}
+
+/// Re-reads the configuration on every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(reloader: std::sync::Arc<dingtalk_relay::startup::Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use POST /-/reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        // The outcome is logged and counted by the reloader.
+        let _ = reloader.reload().await;
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// `dingtalk_relay_http_request_duration_seconds{listener,path}`.
     pub http_duration: HistogramVec,
+    /// `dingtalk_relay_config_reloads_total{outcome}`: ok, error.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -133,8 +135,14 @@ impl Metrics {
             &["listener", "path"],
             fast,
         );
+        let config_reloads = counter(
+            "dingtalk_relay_config_reloads_total",
+            "Configuration reloads (SIGHUP, POST /-/reload), by outcome (ok, error).",
+            &["outcome"],
+        );
         Self {
             registry,
+            config_reloads,
             webhooks_received,
             deliveries,
             dingtalk_requests,

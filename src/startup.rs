@@ -4,10 +4,12 @@
 //! drains. `anyhow` lives here and in `main` only.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +20,7 @@ use crate::inbound;
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::sandbox::{FakeDingTalk, FakeOptions};
-use crate::state::AppState;
+use crate::state::{AppState, Runtime, SharedRuntime};
 use crate::store;
 
 /// A built, bound, not yet serving relay.
@@ -27,6 +29,98 @@ pub struct Application {
     admin_listener: TcpListener,
     state: AppState,
     worker: Worker,
+}
+
+/// Re-reads the configuration and swaps it in when it is valid; a bad one keeps the old
+/// configuration running, is logged and counted (`dingtalk_relay_config_reloads_total`).
+pub struct Reloader {
+    file: std::sync::Mutex<Option<Option<PathBuf>>>,
+    mode: Mode,
+    sandbox: Option<(String, FakeOptions)>,
+    runtime: SharedRuntime,
+    metrics: Metrics,
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// Where reloads read from: `Some(None)` for the default files, `Some(Some(path))` for
+    /// `--config path`. Without it (settings built in code) a reload is refused.
+    pub fn set_config_file(&self, file: Option<PathBuf>) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+    }
+
+    /// Loads, validates and swaps in the configuration. `Err` says why the old one stays.
+    pub async fn reload(&self) -> Result<String, String> {
+        let _one_at_a_time = self.busy.lock().await;
+        let result = self.try_reload().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
+        match &result {
+            Ok(summary) => tracing::info!(summary, "configuration reloaded"),
+            Err(reason) => {
+                tracing::error!(reason, "configuration reload failed; keeping the old one");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<String, String> {
+        let file = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("this relay was not started from a configuration file")?;
+        let mut settings = Settings::load(file.as_deref()).map_err(|e| e.to_string())?;
+        if let Some((base_url, options)) = &self.sandbox {
+            use_sandbox(&mut settings, base_url, options);
+        }
+        settings.validate(self.mode).map_err(|e| e.to_string())?;
+        let current = self.runtime.load_full();
+        let old = &current.settings;
+        for (key, same) in [
+            ("server.listen", old.server.listen == settings.server.listen),
+            (
+                "server.admin_listen",
+                old.server.admin_listen == settings.server.admin_listen,
+            ),
+            ("store.url", old.store.url == settings.store.url),
+        ] {
+            if !same {
+                return Err(format!("{key} changed: that needs a restart"));
+            }
+        }
+        let mapper = Mapper::new(&settings)
+            .map_err(|issues| crate::config::ConfigError::Invalid(issues).to_string())?;
+        let client = DingTalkClient::new(&settings.dingtalk, self.metrics.clone())
+            .map_err(|e| e.to_string())?;
+        check_templates(&settings, &client)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let summary = format!(
+            "{} route(s), {} app(s)",
+            settings.routes.len(),
+            settings.dingtalk.apps.len()
+        );
+        self.runtime.store(Arc::new(Runtime {
+            settings: Arc::new(settings),
+            mapper: Arc::new(mapper),
+            client,
+        }));
+        Ok(summary)
+    }
+}
+
+/// Points the settings at the sandbox DingTalk with its credentials.
+fn use_sandbox(settings: &mut Settings, base_url: &str, options: &FakeOptions) {
+    settings.dingtalk.base_url = base_url.to_owned();
+    for app in settings.dingtalk.apps.values_mut() {
+        app.app_key = options.app_key.clone();
+        app.app_secret = Some(Secret::new(options.app_secret.clone()));
+    }
 }
 
 /// How long startup waits for DingTalk to resolve named templates before going on.
@@ -43,12 +137,8 @@ impl Application {
                 .await
                 .context("starting the sandbox DingTalk")?;
             tracing::warn!(%base_url, "sandbox mode: reports go to the built-in DingTalk stand-in, not DingTalk");
-            settings.dingtalk.base_url = base_url;
-            for app in settings.dingtalk.apps.values_mut() {
-                app.app_key = options.app_key.clone();
-                app.app_secret = Some(Secret::new(options.app_secret.clone()));
-            }
-            Some(fake)
+            use_sandbox(&mut settings, &base_url, &options);
+            Some((fake, base_url, options))
         } else {
             None
         };
@@ -71,22 +161,37 @@ impl Application {
         let admin_listener = bind(settings.admin_addr()?, "server.admin_listen").await?;
         let delivery = DeliveryHandle::new();
         let lease = settings.delivery.lease;
-        let settings = Arc::new(settings);
+        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime {
+            settings: Arc::new(settings),
+            mapper: Arc::new(mapper),
+            client,
+        }));
         let worker = Worker {
             store: store.clone(),
-            client,
+            runtime: runtime.clone(),
             metrics: metrics.clone(),
-            settings: settings.delivery.clone(),
             handle: delivery.clone(),
             lease,
         };
+        let (sandbox, sandbox_source) = match sandbox {
+            Some((fake, base_url, options)) => (Some(fake), Some((base_url, options))),
+            None => (None, None),
+        };
+        let reloader = Arc::new(Reloader {
+            file: std::sync::Mutex::new(None),
+            mode,
+            sandbox: sandbox_source,
+            runtime: runtime.clone(),
+            metrics: metrics.clone(),
+            busy: tokio::sync::Mutex::new(()),
+        });
         let state = AppState {
-            settings,
-            mapper: Arc::new(mapper),
+            runtime,
             store,
             delivery,
             metrics,
             sandbox,
+            reloader,
         };
         Ok(Self {
             listener,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DeliverySettings;
 use crate::dingtalk::{self, DingTalkClient, Disposition, Reconciliation};
 use crate::metrics::Metrics;
+use crate::state::SharedRuntime;
 use crate::store::{Delivery, LastError, State, Store};
 
 /// A final outcome, for `?wait=` callers.
@@ -97,12 +98,10 @@ pub fn final_outcome(delivery: &Delivery) -> Option<Outcome> {
 pub struct Worker {
     /// The queue.
     pub store: Arc<dyn Store>,
-    /// DingTalk.
-    pub client: DingTalkClient,
+    /// The current configuration and DingTalk client (swapped on reload).
+    pub runtime: SharedRuntime,
     /// Series to update.
     pub metrics: Metrics,
-    /// Retry policy and concurrency.
-    pub settings: DeliverySettings,
     /// Wake-ups and waiters.
     pub handle: DeliveryHandle,
     /// How long a claimed delivery is held before another worker may take it.
@@ -116,10 +115,20 @@ const POLL: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Worker {
+    fn client(&self) -> DingTalkClient {
+        self.runtime.load().client.clone()
+    }
+
+    fn delivery_settings(&self) -> DeliverySettings {
+        self.runtime.load().settings.delivery.clone()
+    }
+
     /// Runs until `cancel` fires, then stops claiming, lets in-flight deliveries finish (each
     /// is bounded by the DingTalk timeout) and returns.
     pub async fn run(self, cancel: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        // Concurrency is fixed at start; a reload that changes it takes effect on restart.
+        let concurrency = self.delivery_settings().concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
         let mut next_prune = tokio::time::Instant::now();
         loop {
@@ -177,8 +186,8 @@ impl Worker {
     }
 
     async fn prune(&self) {
-        let window =
-            chrono::Duration::from_std(self.settings.dedup_window).unwrap_or(chrono::Duration::MAX);
+        let window = chrono::Duration::from_std(self.delivery_settings().dedup_window)
+            .unwrap_or(chrono::Duration::MAX);
         let before = Utc::now().checked_sub_signed(window).unwrap_or_default();
         match self.store.prune(before).await {
             Ok(0) => {}
@@ -196,7 +205,7 @@ impl Worker {
         }
         let draft = &delivery.draft;
         let template = match self
-            .client
+            .client()
             .resolve_template(&draft.app, &draft.template, &draft.author)
             .await
         {
@@ -227,7 +236,7 @@ impl Worker {
             self.release(&delivery).await;
             return;
         }
-        match self.client.create_report(&draft.app, &param).await {
+        match self.client().create_report(&draft.app, &param).await {
             Ok(report_id) => self.delivered(&delivery, &report_id).await,
             Err(e) => self.settle(&delivery, e, Some(started)).await,
         }
@@ -246,7 +255,7 @@ impl Worker {
         let since_ms = since.timestamp_millis() - 60_000;
         let name = (!template_name.is_empty()).then_some(template_name);
         match self
-            .client
+            .client()
             .find_report(
                 &delivery.draft.app,
                 name.unwrap_or_default(),
@@ -303,7 +312,7 @@ impl Worker {
             errmsg: error.message(),
         };
         match error.disposition(false) {
-            Disposition::Retry if delivery.attempts < self.settings.max_attempts => {
+            Disposition::Retry if delivery.attempts < self.delivery_settings().max_attempts => {
                 let wait = self.backoff(delivery.attempts, error.min_backoff());
                 self.retry_later(delivery, &last, wait, None).await;
             }
@@ -384,9 +393,10 @@ impl Worker {
     /// `initial_backoff × 2^(attempt−1)`, capped at `max_backoff`, with ±20 % jitter, and at
     /// least what DingTalk asked for.
     fn backoff(&self, attempt: u32, at_least: Option<Duration>) -> Duration {
+        let settings = self.delivery_settings();
         backoff(
-            self.settings.initial_backoff,
-            self.settings.max_backoff,
+            settings.initial_backoff,
+            settings.max_backoff,
             attempt,
             at_least,
             rand::rng().random_range(0.8..=1.2),

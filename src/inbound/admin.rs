@@ -1,5 +1,6 @@
 //! The admin listener's handlers: metrics, health, readiness, the delivery API and the
-//! sandbox's report list. `/v1/*` needs `server.admin_token` when it is set.
+//! sandbox's report list, and `POST /-/reload`. `/v1/*` and `/-/reload` need
+//! `server.admin_token` when it is set.
 
 use axum::Json;
 use axum::Router;
@@ -25,6 +26,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/deliveries/{id}", get(get_delivery))
         .route("/v1/deliveries/{id}/retry", post(retry_delivery))
+        .route("/-/reload", post(reload))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             require_admin_token,
@@ -42,7 +44,7 @@ async fn require_admin_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &state.settings.server.admin_token {
+    if let Some(token) = &state.settings().server.admin_token {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -57,6 +59,14 @@ async fn require_admin_token(
         }
     }
     next.run(request).await
+}
+
+/// Re-reads the configuration; 200 with a summary, or 422 saying why the old one stays.
+async fn reload(State(state): State<AppState>) -> Response {
+    match state.reloader.reload().await {
+        Ok(summary) => Json(json!({"status": "reloaded", "summary": summary})).into_response(),
+        Err(reason) => ApiError::invalid_config(reason).into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -88,11 +98,12 @@ async fn health_check() -> Json<Value> {
 }
 
 async fn readiness(State(state): State<AppState>) -> Response {
+    let max_queued = state.settings().store.max_queued;
     let reason = match state.store.stats().await {
         Err(e) => Some(format!("store unreachable: {e}")),
-        Ok(stats) if stats.depth >= state.settings.store.max_queued => Some(format!(
-            "delivery queue is full ({} of store.max_queued {})",
-            stats.depth, state.settings.store.max_queued
+        Ok(stats) if stats.depth >= max_queued => Some(format!(
+            "delivery queue is full ({} of store.max_queued {max_queued})",
+            stats.depth
         )),
         Ok(_) => None,
     };

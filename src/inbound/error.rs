@@ -72,6 +72,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 422: a new configuration was refused (the old one keeps running).
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
+    }
+
     /// 413.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

@@ -21,7 +21,7 @@ use crate::state::AppState;
 
 /// The webhook listener's router.
 pub fn router(state: AppState) -> Router {
-    let timeout = state.settings.server.request_timeout;
+    let timeout = state.settings().server.request_timeout;
     webhook::routes()
         .fallback(|| async { ApiError::not_found("only POST /v1/hooks/{route} is served here") })
         .layer(axum::middleware::from_fn_with_state(

@@ -145,7 +145,7 @@ async fn receive_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let label = if state.settings.routes.contains_key(&route_name) {
+    let label = if state.settings().routes.contains_key(&route_name) {
         route_name.as_str()
     } else {
         "_unknown"
@@ -198,7 +198,8 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(&'static str, Response), ApiError> {
-    let settings = &state.settings;
+    let runtime = state.runtime.load_full();
+    let settings = &runtime.settings;
     let route = settings
         .routes
         .get(route_name)
@@ -227,7 +228,7 @@ async fn handle(
     }
     let wait = parse_wait(query)?;
     let (draft, truncated, dedup_key) =
-        match prepare(settings, &state.mapper, route_name, &request)? {
+        match prepare(settings, &runtime.mapper, route_name, &request)? {
             Prepared::Ignored(reason) => {
                 tracing::info!(reason, "webhook ignored");
                 let answer = Json(json!({"status": "ignored", "reason": reason}));

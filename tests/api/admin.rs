@@ -168,3 +168,105 @@ async fn an_unreachable_store_answers_503_and_readyz_says_why() {
     );
     app.cancel.cancel();
 }
+
+#[tokio::test]
+async fn reload_swaps_a_good_configuration_and_keeps_the_old_one_when_bad() {
+    // Arrange: the app reloads from a file holding its own configuration.
+    let config = TestConfig {
+        admin_token: Some("adm1n"),
+        ..TestConfig::default()
+    };
+    let (fake, base_url) = dingtalk_relay::sandbox::FakeDingTalk::spawn(config.fake.clone())
+        .await
+        .unwrap();
+    let yaml = settings_yaml(&config, &base_url);
+    let app = spawn_app_on(config, fake, base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.yaml");
+    app.state.reloader.set_config_file(Some(file.clone()));
+    let reload = || async {
+        app.http
+            .post(format!("{}/-/reload", app.admin_address))
+            .bearer_auth("adm1n")
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(app.post_hook("deploy", &job_status()).await.status(), 404);
+
+    // Act 1: a new route appears.
+    let with_route = yaml.clone()
+        + "  deploy:\n    source: generic\n    secret: \"route-s3cret\"\n    template: {name: \"日报\"}\n    author: \"manager02\"\n";
+    std::fs::write(&file, &with_route).unwrap();
+    let answer = reload().await;
+    // Assert 1
+    assert_eq!(answer.status(), 200);
+    let id = {
+        let response = app.post_hook("deploy", &job_status()).await;
+        assert_eq!(response.status(), 202);
+        response.json::<Value>().await.unwrap()["delivery_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.fake.reports().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered: {id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.fake.reports()[0].userid, "manager02");
+
+    // Act 2: a bad file (unknown key) is refused and the old configuration keeps working.
+    std::fs::write(&file, with_route.clone() + "bogus_key: 1\n").unwrap();
+    let refused = reload().await;
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_config");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bogus_key"),
+        "{body}"
+    );
+    assert_eq!(
+        app.post_hook("deploy", &job_status_n(2)).await.status(),
+        202
+    );
+    // A change that needs a restart is refused too.
+    std::fs::write(
+        &file,
+        with_route.replace("memory:", "sqlite:///tmp/other.db"),
+    )
+    .unwrap();
+    assert_eq!(reload().await.status(), 422);
+    // Without the token the endpoint is closed.
+    let anonymous = app
+        .http
+        .post(format!("{}/-/reload", app.admin_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_config_reloads_total",
+            &[("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_config_reloads_total",
+            &[("outcome", "error")]
+        ),
+        2.0
+    );
+    app.stop().await;
+}

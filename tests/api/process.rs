@@ -293,3 +293,48 @@ async fn dingtalk_is_reached_through_the_proxy_from_the_environment() {
     assert_eq!(fake.reports().len(), 1);
     assert_eq!(fake.gettoken_calls(), 1);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration_file() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let options = FakeOptions::default();
+    let (fake, base_url) = FakeDingTalk::spawn(options.clone()).await.unwrap();
+    let store_url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let config = write_config(dir.path(), &base_url, &options, &store_url);
+    let mut relay = start_relay(&config);
+    let http = reqwest::Client::new();
+    let post = |route: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/v1/hooks/{route}", relay.address);
+        async move {
+            http.post(url)
+                .bearer_auth(ROUTE_SECRET)
+                .json(&job_status())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(post("deploy").await, 404);
+    // Act: add a route to the file, then SIGHUP.
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml = yaml.replace(
+        "routes:\n",
+        "routes:\n  deploy:\n    source: generic\n    secret: \"route-s3cret\"\n    template: {name: \"日报\"}\n    author: \"manager02\"\n",
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let pid = relay.child.id().to_string();
+    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+    // Assert: the new route answers, without a restart.
+    let reloaded = poll_until(Duration::from_secs(10), || async {
+        post("deploy").await == 202
+    })
+    .await;
+    relay.child.kill().ok();
+    let _ = relay.child.wait();
+    assert!(reloaded, "the route never appeared after SIGHUP");
+    assert!(fake.create_calls() <= 1);
+}
