@@ -48,7 +48,19 @@ pub enum Parsed {
 }
 
 /// The sources this build can take webhooks from.
-pub const IMPLEMENTED: &[SourceKind] = &[SourceKind::Generic];
+pub const IMPLEMENTED: &[SourceKind] = &[
+    SourceKind::Generic,
+    SourceKind::Github,
+    SourceKind::Gitlab,
+    SourceKind::Gitea,
+    SourceKind::Forgejo,
+    SourceKind::Jenkins,
+    SourceKind::Circleci,
+    SourceKind::Buildkite,
+    SourceKind::Drone,
+    SourceKind::AzureDevops,
+    SourceKind::Bitbucket,
+];
 
 /// How far a signed timestamp may be from the relay's clock (replay protection).
 pub const TIMESTAMP_WINDOW_SECS: i64 = 300;
