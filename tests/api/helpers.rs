@@ -29,6 +29,8 @@ pub struct TestConfig {
     pub max_body_bytes: usize,
     pub lease: &'static str,
     pub max_queued: u64,
+    /// More routes (YAML under `routes:`, indented 2 spaces).
+    pub extra_routes: String,
 }
 
 impl Default for TestConfig {
@@ -45,6 +47,7 @@ impl Default for TestConfig {
             max_body_bytes: 65536,
             lease: "10s",
             max_queued: 1000,
+            extra_routes: String::new(),
         }
     }
 }
@@ -104,6 +107,7 @@ routes:
     author: "manager01"
     to_userids: ["lead01"]
 {extra}
+{extra_routes}
 "#,
         max_body = config.max_body_bytes,
         timeout = config.timeout,
@@ -117,6 +121,7 @@ routes:
         extra = config.route_extra,
         lease = config.lease,
         max_queued = config.max_queued,
+        extra_routes = config.extra_routes,
     )
 }
 
