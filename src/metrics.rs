@@ -135,6 +135,14 @@ impl Metrics {
             &["listener", "path"],
             fast,
         );
+        // CPU, memory and file descriptors of this process (Linux), for the dashboard and for
+        // sizing requests and limits.
+        #[cfg(target_os = "linux")]
+        if let Err(e) = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
         let config_reloads = counter(
             "dingtalk_relay_config_reloads_total",
             "Configuration reloads (SIGHUP, POST /-/reload), by outcome (ok, error).",

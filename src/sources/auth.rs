@@ -21,6 +21,11 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// A header's value when present, readable and not blank (some senders send empty headers).
+pub(crate) fn present<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    header(headers, name).filter(|v| !v.is_empty())
+}
+
 /// Constant-time equality of two byte strings.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
@@ -123,18 +128,7 @@ pub fn shared_secret(secret: &Secret, headers: &HeaderMap) -> AuthResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(
-                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::sources::testing::headers;
 
     #[test]
     fn github_published_example() {

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::auth::{self, AuthResult};
-use super::gitlab::{at, branch_name, first_text, json_body, normalise, text, time};
+use super::json::{self, at, branch_name, first, normalise, text, time};
 use super::{Event, JobStatus, Parsed, PayloadError, Request, Status};
 use crate::config::Secret;
 
@@ -28,8 +28,8 @@ pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
 /// retries a notification).
 pub fn delivery_id(request: &Request<'_>) -> Option<String> {
     let body: Value = serde_json::from_slice(request.body).ok()?;
-    let id = text(&body, &["id"])?;
-    Some(match text(&body, &["notificationId"]) {
+    let id = text(&body, "/id")?;
+    Some(match text(&body, "/notificationId") {
         Some(notification) => format!("{id}:{notification}"),
         None => id,
     })
@@ -37,8 +37,8 @@ pub fn delivery_id(request: &Request<'_>) -> Option<String> {
 
 /// Normalises a build or pipeline-run event; other event types and test deliveries are ignored.
 pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
-    let body = json_body(request.body)?;
-    let Some(event_type) = text(&body, &["eventType"]) else {
+    let body = json::object(request.body, None)?;
+    let Some(event_type) = text(&body, "/eventType") else {
         return Ok(Parsed::Ignored(
             "no eventType: not an Azure DevOps service-hook notification".to_owned(),
         ));
@@ -52,12 +52,12 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
             "Azure DevOps test notification ({event_type} from an unsaved subscription)"
         )));
     }
-    let resource = at(&body, &["resource"]).unwrap_or(&Value::Null);
+    let resource = at(&body, "/resource").unwrap_or(&Value::Null);
     let job = match event_type.as_str() {
         "build.complete" => build(resource),
         "ms.vss-pipelines.run-state-changed-event" => pipeline_run(resource, None),
-        "ms.vss-pipelines.stage-state-changed-event" => pipeline_run(resource, Some("stage")),
-        "ms.vss-pipelines.job-state-changed-event" => pipeline_run(resource, Some("job")),
+        "ms.vss-pipelines.stage-state-changed-event" => pipeline_run(resource, Some("/stage")),
+        "ms.vss-pipelines.job-state-changed-event" => pipeline_run(resource, Some("/job")),
         other => {
             return Ok(Parsed::Ignored(format!(
                 "Azure DevOps event {other:?} is not reported (only build.complete and the ms.vss-pipelines run, stage and job state changes)"
@@ -68,100 +68,100 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
 }
 
 fn is_test_delivery(body: &Value) -> bool {
-    let id = text(body, &["id"]);
-    let subscription = text(body, &["subscriptionId"]);
+    let id = text(body, "/id");
+    let subscription = text(body, "/subscriptionId");
     id.as_deref().is_some_and(|id| id == NIL_UUID) || subscription.as_deref() == Some(NIL_UUID)
 }
 
-/// The first of `fields` that has a value other than `none` (Azure's "not set").
+/// The first of `fields` (JSON pointers) that has a value other than `none` (Azure's "not set").
 fn raw_state(subject: &Value, fields: &[&str]) -> Option<String> {
     fields
         .iter()
-        .find_map(|field| text(subject, &[field]).filter(|v| !v.eq_ignore_ascii_case("none")))
+        .find_map(|field| text(subject, field).filter(|v| !v.eq_ignore_ascii_case("none")))
 }
 
 /// `build.complete`: the Build REST resource (current and XAML-era shapes). The subscription
 /// sends it in full only with "Resource details to send: All".
 fn build(resource: &Value) -> JobStatus {
-    let (status, status_raw, phase) = normalise(raw_state(resource, &["result", "status"]), state);
+    let (status, status_raw, phase) =
+        normalise(raw_state(resource, &["/result", "/status"]), state);
     // XAML-era builds name branch and commit only in `sourceGetVersion`: `LG:refs/heads/x:<sha>`.
-    let (legacy_ref, legacy_sha) = text(resource, &["sourceGetVersion"])
+    let (legacy_ref, legacy_sha) = text(resource, "/sourceGetVersion")
         .and_then(|v| {
             let (git_ref, sha) = v.strip_prefix("LG:")?.rsplit_once(':')?;
             Some((git_ref.to_owned(), sha.to_owned()))
         })
         .unzip();
-    let requested_for = at(resource, &["requestedFor"]).or_else(|| {
-        at(resource, &["requests"])?
+    let requested_for = at(resource, "/requestedFor").or_else(|| {
+        at(resource, "/requests")?
             .as_array()?
             .first()
-            .and_then(|r| at(r, &["requestedFor"]))
+            .and_then(|r| at(r, "/requestedFor"))
     });
     let (actor, actor_email) = person(requested_for);
     JobStatus {
         job: None,
-        pipeline: text(resource, &["definition", "name"]),
+        pipeline: text(resource, "/definition/name"),
         status: Some(status),
         status_raw,
         source: Some(SOURCE_NAME.to_owned()),
         phase: Some(phase),
-        project: first_text(
+        project: first(
             resource,
             &[
-                &["project", "name"],
-                &["definition", "project", "name"],
-                &["repository", "name"],
+                "/project/name",
+                "/definition/project/name",
+                "/repository/name",
             ],
         ),
-        run_id: first_text(resource, &[&["buildNumber"], &["id"]]),
-        branch: text(resource, &["sourceBranch"])
+        run_id: first(resource, &["/buildNumber", "/id"]),
+        branch: text(resource, "/sourceBranch")
             .or(legacy_ref)
-            .map(|b| branch_name(&b)),
-        commit: text(resource, &["sourceVersion"]).or(legacy_sha),
+            .as_deref()
+            .and_then(branch_name),
+        commit: text(resource, "/sourceVersion").or(legacy_sha),
         commit_message: None,
-        url: first_text(resource, &[&["_links", "web", "href"], &["url"]]),
+        url: first(resource, &["/_links/web/href", "/url"]),
         actor,
         actor_email,
-        started_at: time(resource, &["startTime"]),
-        finished_at: time(resource, &["finishTime"]),
+        started_at: time(resource, "/startTime"),
+        finished_at: time(resource, "/finishTime"),
         duration_secs: None,
         summary: None,
     }
 }
 
 /// The YAML pipelines' state-changed events: the run itself, or one of its stages or jobs
-/// (`part`), with the run and pipeline for context.
+/// (`part`, a JSON pointer such as `/stage`), with the run and pipeline for context.
 fn pipeline_run(resource: &Value, part: Option<&str>) -> JobStatus {
-    let run = at(resource, &["run"]).unwrap_or(&Value::Null);
+    let run = at(resource, "/run").unwrap_or(&Value::Null);
     let subject = match part {
-        Some(part) => at(resource, &[part]).unwrap_or(&Value::Null),
+        Some(part) => at(resource, part).unwrap_or(&Value::Null),
         None => run,
     };
-    let (status, status_raw, phase) = normalise(raw_state(subject, &["result", "state"]), state);
-    let this_repo = at(run, &["resources", "repositories", "self"]).unwrap_or(&Value::Null);
+    let (status, status_raw, phase) = normalise(raw_state(subject, &["/result", "/state"]), state);
+    let this_repo = at(run, "/resources/repositories/self").unwrap_or(&Value::Null);
     let (started, finished) = match part {
-        None => ("createdDate", "finishedDate"),
-        Some(_) => ("startTime", "finishTime"),
+        None => ("/createdDate", "/finishedDate"),
+        Some(_) => ("/startTime", "/finishTime"),
     };
     JobStatus {
-        job: part.and_then(|_| first_text(subject, &[&["displayName"], &["name"]])),
-        pipeline: text(resource, &["pipeline", "name"])
-            .or_else(|| text(run, &["pipeline", "name"])),
+        job: part.and_then(|_| first(subject, &["/displayName", "/name"])),
+        pipeline: text(resource, "/pipeline/name").or_else(|| text(run, "/pipeline/name")),
         status: Some(status),
         status_raw,
         source: Some(SOURCE_NAME.to_owned()),
         phase: Some(phase),
-        project: first_text(resource, &[&["project", "name"], &["repository", "name"]]),
-        run_id: first_text(run, &[&["name"], &["id"]]),
-        branch: text(this_repo, &["refName"]).map(|b| branch_name(&b)),
-        commit: text(this_repo, &["version"]),
+        project: first(resource, &["/project/name", "/repository/name"]),
+        run_id: first(run, &["/name", "/id"]),
+        branch: text(this_repo, "/refName").as_deref().and_then(branch_name),
+        commit: text(this_repo, "/version"),
         commit_message: None,
-        url: text(subject, &["_links", "web", "href"])
-            .or_else(|| text(run, &["_links", "web", "href"])),
+        url: text(subject, "/_links/web/href").or_else(|| text(run, "/_links/web/href")),
         actor: None,
         actor_email: None,
-        started_at: time(subject, &[started]),
-        finished_at: time(subject, &[finished]),
+        started_at: time(subject, started),
+        finished_at: time(subject, finished),
         duration_secs: None,
         summary: None,
     }
@@ -174,8 +174,8 @@ fn person(identity: Option<&Value>) -> (Option<String>, Option<String>) {
     let Some(identity) = identity else {
         return (None, None);
     };
-    let display = text(identity, &["displayName"]);
-    match text(identity, &["uniqueName"]) {
+    let display = text(identity, "/displayName");
+    match text(identity, "/uniqueName") {
         Some(email) if email.contains('@') => {
             (display.or_else(|| Some(email.clone())), Some(email))
         }
@@ -204,13 +204,12 @@ fn state(raw: &str) -> Option<Status> {
 mod tests {
     use chrono::{DateTime, Utc};
 
-    use super::super::gitlab::testing::{headers, request, utc};
     use super::*;
     use crate::sources::Phase;
+    use crate::sources::testing::{self, headers, request, utc};
 
     /// Microsoft's XAML-era `build.complete` sample: what the "Test" button sends.
-    const BUILD_COMPLETE_JSON: &str =
-        include_str!("../../../shared/corpus/azuredevops/build.complete.json");
+    const BUILD_COMPLETE_JSON: &str = testing::corpus!("azuredevops", "build.complete.json");
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_790_000_000, 0).expect("time")

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::auth::{self, AuthResult};
-use super::gitlab::{at, branch_name, first_text, json_body, normalise, text, time};
+use super::json::{self, at, branch_name, first, normalise, text, time};
 use super::{Event, JobStatus, Parsed, PayloadError, Phase, Request, Status};
 use crate::config::Secret;
 
@@ -45,17 +45,17 @@ pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
 /// `X-Request-UUID` (kept across Bitbucket's retries), else a key from the body: repository,
 /// status key, state and update time (ci-webhooks §13).
 pub fn delivery_id(request: &Request<'_>) -> Option<String> {
-    if let Some(id) = auth::header(request.headers, "x-request-uuid").filter(|id| !id.is_empty()) {
+    if let Some(id) = auth::present(request.headers, "x-request-uuid") {
         return Some(id.to_owned());
     }
     let body: Value = serde_json::from_slice(request.body).ok()?;
-    let status = at(&body, &["commit_status"])?;
+    let status = at(&body, "/commit_status")?;
     Some(format!(
         "bitbucket:{}:{}:{}:{}",
-        text(&body, &["repository", "full_name"]).unwrap_or_default(),
-        text(status, &["key"]).unwrap_or_default(),
-        text(status, &["state"])?,
-        text(status, &["updated_on"]).unwrap_or_default(),
+        text(&body, "/repository/full_name").unwrap_or_default(),
+        text(status, "/key").unwrap_or_default(),
+        text(status, "/state")?,
+        text(status, "/updated_on").unwrap_or_default(),
     ))
 }
 
@@ -69,17 +69,17 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
             "Bitbucket event {event:?} is not reported (only repo:commit_status_created and repo:commit_status_updated)"
         )));
     }
-    let body = json_body(request.body)?;
-    let status = at(&body, &["commit_status"]).unwrap_or(&Value::Null);
+    let body = json::object(request.body, None)?;
+    let status = at(&body, "/commit_status").unwrap_or(&Value::Null);
     if event.is_none() && !status.is_object() {
         return Ok(Parsed::Ignored(
             "no X-Event-Key header and no commit_status: not a Bitbucket commit-status webhook"
                 .to_owned(),
         ));
     }
-    let (normalised, status_raw, phase) = normalise(text(status, &["state"]), state);
-    let name = first_text(status, &[&["name"], &["key"]]);
-    let url = text(status, &["url"]);
+    let (normalised, status_raw, phase) = normalise(text(status, "/state"), state);
+    let name = first(status, &["/name", "/key"]);
+    let url = text(status, "/url");
     Ok(Parsed::Event(Event::JobStatus(JobStatus {
         job: None,
         run_id: run_number(name.as_deref(), url.as_deref()),
@@ -88,27 +88,23 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
         status_raw,
         source: Some(SOURCE_NAME.to_owned()),
         phase: Some(phase),
-        project: text(&body, &["repository", "full_name"]),
-        branch: text(status, &["refname"]).map(|r| branch_name(&r)),
+        project: text(&body, "/repository/full_name"),
+        branch: text(status, "/refname").as_deref().and_then(branch_name),
         commit: commit(status),
         commit_message: None,
         url,
-        actor: first_text(
+        actor: first(
             &body,
-            &[
-                &["actor", "nickname"],
-                &["actor", "username"],
-                &["actor", "display_name"],
-            ],
+            &["/actor/nickname", "/actor/username", "/actor/display_name"],
         ),
         actor_email: None,
-        started_at: time(status, &["created_on"]),
+        started_at: time(status, "/created_on"),
         // `updated_on` is when the status last changed: the finish only once it is final.
         finished_at: (phase == Phase::Completed)
-            .then(|| time(status, &["updated_on"]))
+            .then(|| time(status, "/updated_on"))
             .flatten(),
         duration_secs: None,
-        summary: text(status, &["description"]),
+        summary: text(status, "/description"),
     })))
 }
 
@@ -125,8 +121,8 @@ fn state(raw: &str) -> Option<Status> {
 
 /// `commit_status.commit.hash`, else the last segment of the commit link.
 fn commit(status: &Value) -> Option<String> {
-    text(status, &["commit", "hash"]).or_else(|| {
-        let href = text(status, &["links", "commit", "href"])?;
+    text(status, "/commit/hash").or_else(|| {
+        let href = text(status, "/links/commit/href")?;
         let sha = href.trim_end_matches('/').rsplit('/').next()?;
         (sha.len() >= 7 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_owned())
     })
@@ -147,16 +143,12 @@ fn run_number(name: Option<&str>, url: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, Utc};
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
 
-    use super::super::gitlab::testing::{headers, request, utc};
     use super::*;
+    use crate::sources::testing::{self, headers, hmac_hex, request, utc};
 
-    const CREATED_JSON: &str =
-        include_str!("../../../shared/corpus/bitbucket/repo-commit-status-created.json");
-    const UPDATED_JSON: &str =
-        include_str!("../../../shared/corpus/bitbucket/repo-commit-status-updated.json");
+    const CREATED_JSON: &str = testing::corpus!("bitbucket", "repo-commit-status-created.json");
+    const UPDATED_JSON: &str = testing::corpus!("bitbucket", "repo-commit-status-updated.json");
 
     const UPDATED: &[(&str, &str)] = &[
         ("x-event-key", "repo:commit_status_updated"),
@@ -357,9 +349,7 @@ mod tests {
         // Computed independently (Python hmac) for this body and secret…
         let hex = "1d3a598a00e4e878a8876c5495aaefbdb9efe164b6888ed06a76ef021f52ccfb";
         // …and again here with the hmac crate directly.
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"bb-secret").expect("key");
-        mac.update(body);
-        assert_eq!(hex::encode(mac.finalize().into_bytes()), hex);
+        assert_eq!(hmac_hex("bb-secret", body), hex);
         let check = |pairs: &[(&str, &str)], body: &[u8]| {
             let headers = headers(pairs);
             verify(&Secret::new("bb-secret"), &request(&headers, body, now()))

@@ -9,10 +9,10 @@
 //! still in progress, and an early event whose body already shows a later state never counts as
 //! completed, so one build makes one completed report.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
 use super::auth::{self, AuthResult};
+use super::json::{self, UNKNOWN, branch_name, first, text, time};
 use super::{
     Event, JobStatus, Parsed, PayloadError, Phase, Request, Status, TIMESTAMP_WINDOW_SECS,
 };
@@ -24,9 +24,8 @@ const SOURCE: &str = "Buildkite";
 /// `X-Buildkite-Token` equal to the secret, or a valid `X-Buildkite-Signature` whose timestamp
 /// is within [`TIMESTAMP_WINDOW_SECS`] of `request.now`.
 pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
-    let token = auth::header(request.headers, "x-buildkite-token").filter(|t| !t.is_empty());
-    let signature =
-        auth::header(request.headers, "x-buildkite-signature").filter(|s| !s.is_empty());
+    let token = auth::present(request.headers, "x-buildkite-token");
+    let signature = auth::present(request.headers, "x-buildkite-signature");
     if let Some(token) = token {
         if auth::ct_eq(token.as_bytes(), secret.expose().as_bytes()) {
             return Ok(());
@@ -90,9 +89,8 @@ fn signature_parts(header: &str) -> Option<(&str, &str)> {
 
 /// Normalises `build.*` and `job.*` events; `ping` and every other event are ignored.
 pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
-    let body = json_object(request.body)?;
-    let Some(event) = auth::header(request.headers, "x-buildkite-event")
-        .filter(|e| !e.is_empty())
+    let body = json::object(request.body, Some("a Buildkite webhook event"))?;
+    let Some(event) = auth::present(request.headers, "x-buildkite-event")
         .map(str::to_owned)
         .or_else(|| text(&body, "/event"))
     else {
@@ -164,10 +162,9 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
         phase: Some(phase),
         project: project(&body),
         run_id: text(&body, "/build/number"),
-        branch: first(&body, &["/build/branch", "/build/tag"]).map(|b| {
-            b.strip_prefix("refs/heads/")
-                .map_or(b.clone(), str::to_owned)
-        }),
+        branch: first(&body, &["/build/branch", "/build/tag"])
+            .as_deref()
+            .and_then(branch_name),
         commit: text(&body, "/build/commit"),
         commit_message: text(&body, "/build/message"),
         url,
@@ -194,8 +191,7 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
 /// retry) and the signature timestamp when the delivery is signed.
 pub fn delivery_id(request: &Request<'_>) -> Option<String> {
     let body: Value = serde_json::from_slice(request.body).ok()?;
-    let event = auth::header(request.headers, "x-buildkite-event")
-        .filter(|e| !e.is_empty())
+    let event = auth::present(request.headers, "x-buildkite-event")
         .map(str::to_owned)
         .or_else(|| text(&body, "/event"))?;
     let subject = if event.starts_with("job.") {
@@ -224,8 +220,6 @@ pub fn delivery_id(request: &Request<'_>) -> Option<String> {
     }
     Some(key)
 }
-
-const UNKNOWN: (Status, Phase) = (Status::Unknown, Phase::Completed);
 
 /// Build states (REST `state` plus the `failing` event state).
 fn build_state(raw: &str) -> (Status, Phase) {
@@ -298,56 +292,12 @@ fn project(body: &Value) -> Option<String> {
     })
 }
 
-/// The first present value among `pointers`.
-fn first(body: &Value, pointers: &[&str]) -> Option<String> {
-    pointers.iter().find_map(|p| text(body, p))
-}
-
-/// An RFC 3339 time (or `2016-08-12 15:23:28 UTC`); anything else is absent.
-fn time(body: &Value, pointer: &str) -> Option<DateTime<Utc>> {
-    let s = body.pointer(pointer)?.as_str()?.trim();
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            let naive = s.strip_suffix(" UTC")?;
-            NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S")
-                .ok()
-                .map(|t| t.and_utc())
-        })
-}
-
-/// The body as a JSON object, or the 400 every source gives for anything else.
-fn json_object(body: &[u8]) -> Result<Value, PayloadError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| PayloadError::body(format!("body is not valid JSON: {e}")))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(PayloadError::body(
-            "body is not valid JSON: expected an object (a Buildkite webhook event)",
-        ))
-    }
-}
-
-/// A string (or number) at `pointer`, trimmed; empty strings and other types are absent.
-fn text(value: &Value, pointer: &str) -> Option<String> {
-    match value.pointer(pointer)? {
-        Value::String(s) => {
-            let s = s.trim();
-            (!s.is_empty()).then(|| s.to_owned())
-        }
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::{HeaderMap, HeaderName, HeaderValue};
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
+    use crate::sources::testing::{headers, hmac_hex, request, utc};
+    use axum::http::HeaderMap;
+    use chrono::{DateTime, Utc};
 
     const TOKEN: &str = "bk-webhook-token";
 
@@ -434,34 +384,11 @@ mod tests {
 
     /// An independent HMAC-SHA256 of `<timestamp>.<body>` (hmac crate directly), hex.
     fn sign(token: &str, timestamp: &str, body: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).unwrap();
-        mac.update(format!("{timestamp}.{body}").as_bytes());
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
+        hmac_hex(token, format!("{timestamp}.{body}").as_bytes())
     }
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
-    }
-
-    fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> Request<'a> {
-        Request {
-            headers,
-            body: body.as_bytes(),
-            target: "/v1/hooks/buildkite",
-            method: "post",
-            now: now(),
-        }
     }
 
     fn job(event: &str, body: &str) -> JobStatus {
@@ -470,16 +397,10 @@ mod tests {
             ("x-buildkite-event", event),
             ("x-buildkite-token", TOKEN),
         ]);
-        match parse(&request(&h, body)) {
+        match parse(&request(&h, body, now())) {
             Ok(Parsed::Event(Event::JobStatus(j))) => j,
             other => panic!("{event}: {other:?}"),
         }
-    }
-
-    fn at(s: &str) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
     }
 
     #[test]
@@ -490,7 +411,10 @@ mod tests {
         assert_eq!(sign(TOKEN, "1700000000", body), expected);
         let header = format!("timestamp=1700000000,signature={expected}");
         let h = headers(&[("x-buildkite-signature", &header)]);
-        assert_eq!(verify(&Secret::new(TOKEN), &request(&h, body)), Ok(()));
+        assert_eq!(
+            verify(&Secret::new(TOKEN), &request(&h, body, now())),
+            Ok(())
+        );
     }
 
     #[test]
@@ -498,7 +422,8 @@ mod tests {
         let secret = Secret::new(TOKEN);
         let body = build_event("build.finished", "passed", "");
         let sig = |ts: &str| format!("timestamp={ts},signature={}", sign(TOKEN, ts, &body));
-        let now = now().timestamp();
+        let arrival = now();
+        let now = arrival.timestamp();
         // (headers, accepted, error contains)
         let cases: Vec<(Vec<(&str, String)>, bool, &str)> = vec![
             (vec![("x-buildkite-token", TOKEN.to_owned())], true, ""),
@@ -597,7 +522,7 @@ mod tests {
         for (pairs, ok, contains) in cases {
             let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let h = headers(&pairs);
-            let result = verify(&secret, &request(&h, &body));
+            let result = verify(&secret, &request(&h, &body, arrival));
             assert_eq!(result.is_ok(), ok, "{pairs:?}: {result:?}");
             if let Err(message) = result {
                 assert!(message.contains(contains), "{pairs:?}: {message}");
@@ -742,8 +667,8 @@ mod tests {
         );
         assert_eq!(j.actor.as_deref(), Some("Keith Pitt"));
         assert_eq!(j.actor_email.as_deref(), Some("keith@buildkite.com"));
-        assert_eq!(j.started_at, at("2015-05-09T21:05:59.874Z"));
-        assert_eq!(j.finished_at, at("2015-05-09T21:08:59.874Z"));
+        assert_eq!(j.started_at, utc("2015-05-09T21:05:59.874Z"));
+        assert_eq!(j.finished_at, utc("2015-05-09T21:08:59.874Z"));
         assert_eq!(j.duration_secs(), Some(180));
     }
 
@@ -812,8 +737,8 @@ mod tests {
                 "https://buildkite.com/my-great-org/my-pipeline/builds/1#b63254c0-3271-4a98-8270-7cfbd6c2f14e"
             )
         );
-        assert_eq!(j.started_at, at("2015-05-09T21:07:59.874Z"));
-        assert_eq!(j.finished_at, at("2015-05-09T21:08:59.874Z"));
+        assert_eq!(j.started_at, utc("2015-05-09T21:07:59.874Z"));
+        assert_eq!(j.finished_at, utc("2015-05-09T21:08:59.874Z"));
         assert_eq!(j.summary.as_deref(), Some("exit status 1"));
     }
 
@@ -908,14 +833,14 @@ mod tests {
                 Some(e) => headers(&[("x-buildkite-event", e)]),
                 None => HeaderMap::new(),
             };
-            match parse(&request(&h, body)) {
+            match parse(&request(&h, body, now())) {
                 Ok(Parsed::Ignored(reason)) => assert!(reason.contains(contains), "{reason}"),
                 other => panic!("{event:?}: {other:?}"),
             }
         }
         let h = headers(&[("x-buildkite-event", "build.finished")]);
         for body in ["", "not json", "[]", "true"] {
-            let err = parse(&request(&h, body)).expect_err(body);
+            let err = parse(&request(&h, body, now())).expect_err(body);
             assert!(err.field.is_none() && err.message.starts_with("body is not valid JSON"));
         }
     }
@@ -925,22 +850,22 @@ mod tests {
         let finished = build_event("build.finished", "passed", "");
         let token = headers(&[("x-buildkite-event", "build.finished")]);
         assert_eq!(
-            delivery_id(&request(&token, &finished)).as_deref(),
+            delivery_id(&request(&token, &finished, now())).as_deref(),
             Some(
                 "build.finished:f62a1b4d-10f9-4790-bc1c-e2c3a0c80983:passed@2015-05-09T21:08:59.874Z"
             )
         );
         let blocked = finished.replace(r#""blocked": false"#, r#""blocked": true"#);
         assert_ne!(
-            delivery_id(&request(&token, &blocked)),
-            delivery_id(&request(&token, &finished))
+            delivery_id(&request(&token, &blocked, now())),
+            delivery_id(&request(&token, &finished, now()))
         );
         let signed = headers(&[
             ("x-buildkite-event", "build.finished"),
             ("x-buildkite-signature", "timestamp=1700000000,signature=00"),
         ]);
         assert_eq!(
-            delivery_id(&request(&signed, &finished)).as_deref(),
+            delivery_id(&request(&signed, &finished, now())).as_deref(),
             Some(
                 "build.finished:f62a1b4d-10f9-4790-bc1c-e2c3a0c80983:passed@2015-05-09T21:08:59.874Z:t1700000000"
             )
@@ -948,17 +873,20 @@ mod tests {
         let running = build_event("build.running", "running", "");
         let h = headers(&[("x-buildkite-event", "build.running")]);
         assert_eq!(
-            delivery_id(&request(&h, &running)).as_deref(),
+            delivery_id(&request(&h, &running, now())).as_deref(),
             Some("build.running:f62a1b4d-10f9-4790-bc1c-e2c3a0c80983:running")
         );
         let job_body = job_event("job.finished", "failed");
         let h = headers(&[("x-buildkite-event", "job.finished")]);
         assert_eq!(
-            delivery_id(&request(&h, &job_body)).as_deref(),
+            delivery_id(&request(&h, &job_body, now())).as_deref(),
             Some(
                 "job.finished:b63254c0-3271-4a98-8270-7cfbd6c2f14e:failed@2015-05-09T21:08:59.874Z"
             )
         );
-        assert_eq!(delivery_id(&request(&h, r#"{"event":"ping"}"#)), None);
+        assert_eq!(
+            delivery_id(&request(&h, r#"{"event":"ping"}"#, now())),
+            None
+        );
     }
 }

@@ -7,10 +7,10 @@
 //! Both payload styles are read: GitHub OAuth / Bitbucket Cloud projects carry `pipeline.vcs`,
 //! GitLab / GitHub App / Bitbucket Data Center projects `pipeline.trigger_parameters`.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
 use super::auth::{self, AuthResult};
+use super::json::{self, UNKNOWN, branch_name, first, text, time};
 use super::{Event, JobStatus, Parsed, PayloadError, Phase, Request, Status};
 use crate::config::Secret;
 
@@ -21,8 +21,7 @@ const SOURCE: &str = "CircleCI";
 /// header is a comma-separated list, and any matching `v1` entry passes (unknown versions are
 /// skipped, never used as a fallback).
 pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
-    let header = auth::header(request.headers, "circleci-signature").filter(|h| !h.is_empty());
-    let Some(header) = header else {
+    let Some(header) = auth::present(request.headers, "circleci-signature") else {
         return Err(
             "missing circleci-signature header (set a signing secret on the CircleCI webhook)"
                 .to_owned(),
@@ -50,7 +49,7 @@ pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
 
 /// Normalises `workflow-completed` and `job-completed`; anything else is ignored.
 pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
-    let body = json_object(request.body)?;
+    let body = json::object(request.body, Some("a CircleCI webhook event"))?;
     let event = auth::header(request.headers, "circleci-event-type")
         .map(str::to_owned)
         .or_else(|| text(&body, "/type"));
@@ -91,9 +90,7 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
             text(&body, "/workflow/url"),
         )
     };
-    let (status, phase) = raw
-        .as_deref()
-        .map_or((Status::Unknown, Phase::Completed), normalise);
+    let (status, phase) = raw.as_deref().map_or(UNKNOWN, normalise);
 
     let job = JobStatus {
         job: if is_job {
@@ -119,10 +116,8 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
                 "/pipeline/trigger_parameters/gitlab/branch",
             ],
         )
-        .map(|b| {
-            b.strip_prefix("refs/heads/")
-                .map_or(b.clone(), str::to_owned)
-        }),
+        .as_deref()
+        .and_then(branch_name),
         commit: first(
             &body,
             &[
@@ -175,7 +170,7 @@ fn normalise(raw: &str) -> (Status, Phase) {
         "not_run" => (Status::Skipped, Phase::Completed),
         "on_hold" | "queued" | "not_running" | "blocked" => (Status::Pending, Phase::Queued),
         "running" => (Status::Running, Phase::InProgress),
-        _ => (Status::Unknown, Phase::Completed),
+        _ => UNKNOWN,
     }
 }
 
@@ -219,56 +214,12 @@ fn commit_message(body: &Value) -> Option<String> {
     }
 }
 
-/// The first present value among `pointers`.
-fn first(body: &Value, pointers: &[&str]) -> Option<String> {
-    pointers.iter().find_map(|p| text(body, p))
-}
-
-/// An RFC 3339 time (or `2016-08-12 15:23:28 UTC`); anything else is absent.
-fn time(body: &Value, pointer: &str) -> Option<DateTime<Utc>> {
-    let s = body.pointer(pointer)?.as_str()?.trim();
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            let naive = s.strip_suffix(" UTC")?;
-            NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S")
-                .ok()
-                .map(|t| t.and_utc())
-        })
-}
-
-/// The body as a JSON object, or the 400 every source gives for anything else.
-fn json_object(body: &[u8]) -> Result<Value, PayloadError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| PayloadError::body(format!("body is not valid JSON: {e}")))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(PayloadError::body(
-            "body is not valid JSON: expected an object (a CircleCI webhook event)",
-        ))
-    }
-}
-
-/// A string (or number) at `pointer`, trimmed; empty strings and other types are absent.
-fn text(value: &Value, pointer: &str) -> Option<String> {
-    match value.pointer(pointer)? {
-        Value::String(s) => {
-            let s = s.trim();
-            (!s.is_empty()).then(|| s.to_owned())
-        }
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::{HeaderMap, HeaderName, HeaderValue};
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
+    use crate::sources::testing::{headers, hmac_hex, request, utc};
+    use axum::http::HeaderMap;
+    use chrono::Utc;
 
     // Built from the samples in CircleCI's webhooks reference (circleci/circleci-docs,
     // `jekyll/_cci2/webhooks-reference.adoc`, MIT): GitHub OAuth style with `pipeline.vcs`.
@@ -401,24 +352,6 @@ mod tests {
       "organization": {"id": "66491562-90a9-4065-9249-4b0ce3b77452", "name": "circleci"}
     }"#;
 
-    /// An independent HMAC-SHA256 (hmac crate directly), hex.
-    fn hmac_hex(key: &str, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
-        mac.update(body);
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
-    }
-
     fn delivery_headers(event: &str, secret: &str, body: &str) -> HeaderMap {
         let signature = format!("v1={}", hmac_hex(secret, body.as_bytes()));
         headers(&[
@@ -429,19 +362,9 @@ mod tests {
         ])
     }
 
-    fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> Request<'a> {
-        Request {
-            headers,
-            body: body.as_bytes(),
-            target: "/v1/hooks/circleci",
-            method: "post",
-            now: Utc::now(),
-        }
-    }
-
     fn parsed(event: &str, body: &str) -> Parsed {
         let h = delivery_headers(event, "secret", body);
-        parse(&request(&h, body)).unwrap_or_else(|e| panic!("{body}: {e}"))
+        parse(&request(&h, body, Utc::now())).unwrap_or_else(|e| panic!("{body}: {e}"))
     }
 
     fn job(event: &str, body: &str) -> JobStatus {
@@ -449,12 +372,6 @@ mod tests {
             Parsed::Event(Event::JobStatus(j)) => j,
             other => panic!("{body}: {other:?}"),
         }
-    }
-
-    fn at(s: &str) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
     }
 
     #[test]
@@ -474,10 +391,17 @@ mod tests {
         for (body, published) in cases {
             assert_eq!(hmac_hex("secret", body.as_bytes()), published, "{body}");
             let h = headers(&[("circleci-signature", &format!("v1={published}"))]);
-            assert_eq!(verify(&secret, &request(&h, body)), Ok(()), "{body}");
+            assert_eq!(
+                verify(&secret, &request(&h, body, Utc::now())),
+                Ok(()),
+                "{body}"
+            );
             let h = headers(&[("circleci-signature", &format!("v1={published}"))]);
             let other = if body == "foo" { "hello world" } else { "foo" };
-            assert!(verify(&secret, &request(&h, other)).is_err(), "{body}");
+            assert!(
+                verify(&secret, &request(&h, other, Utc::now())).is_err(),
+                "{body}"
+            );
         }
     }
 
@@ -505,7 +429,7 @@ mod tests {
                 Some(v) => headers(&[("circleci-signature", v.as_str())]),
                 None => HeaderMap::new(),
             };
-            let result = verify(&secret, &request(&h, body));
+            let result = verify(&secret, &request(&h, body, Utc::now()));
             assert_eq!(result.is_ok(), ok, "{value:?}: {result:?}");
             if let Err(message) = result {
                 assert!(message.contains(contains), "{value:?}: {message}");
@@ -515,7 +439,7 @@ mod tests {
         // The signature is over the exact bytes: one changed byte fails.
         let tampered = body.replace("success", "failed");
         let h = headers(&[("circleci-signature", &format!("v1={good}"))]);
-        assert!(verify(&secret, &request(&h, &tampered)).is_err());
+        assert!(verify(&secret, &request(&h, &tampered, Utc::now())).is_err());
     }
 
     #[test]
@@ -546,8 +470,8 @@ mod tests {
         );
         assert_eq!(w.actor, None);
         assert_eq!(w.actor_email.as_deref(), Some("author.email@example.com"));
-        assert_eq!(w.started_at, at("2021-09-01T22:49:03.616Z"));
-        assert_eq!(w.finished_at, at("2021-09-01T22:49:34.170Z"));
+        assert_eq!(w.started_at, utc("2021-09-01T22:49:03.616Z"));
+        assert_eq!(w.finished_at, utc("2021-09-01T22:49:34.170Z"));
         assert_eq!(w.duration_secs(), Some(30));
 
         let j = job("job-completed", JOB_COMPLETED);
@@ -566,8 +490,8 @@ mod tests {
                 "https://app.circleci.com/pipelines/github/circleci/webhook-service/130/workflows/fda08377-fe7e-46b1-8992-3a7aaecac9c3/jobs/136"
             )
         );
-        assert_eq!(j.started_at, at("2021-09-01T22:49:28.841Z"));
-        assert_eq!(j.finished_at, at("2021-09-01T22:49:34.170Z"));
+        assert_eq!(j.started_at, utc("2021-09-01T22:49:28.841Z"));
+        assert_eq!(j.finished_at, utc("2021-09-01T22:49:34.170Z"));
 
         let g = job("workflow-completed", WORKFLOW_COMPLETED_GITLAB);
         assert_eq!(g.status, Some(Status::Failure));
@@ -698,7 +622,7 @@ mod tests {
                 Some(e) => headers(&[("circleci-event-type", e)]),
                 None => HeaderMap::new(),
             };
-            match parse(&request(&h, body)) {
+            match parse(&request(&h, body, Utc::now())) {
                 Ok(Parsed::Ignored(reason)) => assert!(reason.contains(contains), "{reason}"),
                 other => panic!("{event:?}: {other:?}"),
             }
@@ -706,7 +630,7 @@ mod tests {
         // Without the header the body's `type` names the event.
         let h = HeaderMap::new();
         assert!(matches!(
-            parse(&request(&h, JOB_COMPLETED)),
+            parse(&request(&h, JOB_COMPLETED, Utc::now())),
             Ok(Parsed::Event(Event::JobStatus(j))) if j.job.as_deref() == Some("test")
         ));
     }
@@ -715,7 +639,7 @@ mod tests {
     fn bodies_that_are_not_json_objects() {
         let h = headers(&[("circleci-event-type", "workflow-completed")]);
         for body in ["", "hello world", "[]", "\"x\"", "{\"id\":"] {
-            let err = parse(&request(&h, body)).expect_err(body);
+            let err = parse(&request(&h, body, Utc::now())).expect_err(body);
             assert!(err.field.is_none(), "{body}");
             assert!(
                 err.message.starts_with("body is not valid JSON"),
@@ -728,14 +652,17 @@ mod tests {
     fn delivery_id_is_the_body_id() {
         let h = HeaderMap::new();
         assert_eq!(
-            delivery_id(&request(&h, WORKFLOW_COMPLETED)).as_deref(),
+            delivery_id(&request(&h, WORKFLOW_COMPLETED, Utc::now())).as_deref(),
             Some("3888f21b-eaa7-38e3-8f3d-75a63bba8895")
         );
         assert_eq!(
-            delivery_id(&request(&h, JOB_COMPLETED)).as_deref(),
+            delivery_id(&request(&h, JOB_COMPLETED, Utc::now())).as_deref(),
             Some("8bd71c28-4969-3677-8940-3e3a61c46660")
         );
-        assert_eq!(delivery_id(&request(&h, r#"{"type":"ping"}"#)), None);
-        assert_eq!(delivery_id(&request(&h, "nope")), None);
+        assert_eq!(
+            delivery_id(&request(&h, r#"{"type":"ping"}"#, Utc::now())),
+            None
+        );
+        assert_eq!(delivery_id(&request(&h, "nope", Utc::now())), None);
     }
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::auth::{self, AuthResult};
+use super::json::{self, UNKNOWN, branch_name, first, text};
 use super::{
     Event, JobStatus, Parsed, PayloadError, Phase, Request, Status, TIMESTAMP_WINDOW_SECS,
 };
@@ -33,8 +34,7 @@ pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
 /// (or the same parameters after `Authorization: Signature`): the base64 HMAC-SHA256 of the
 /// signing string built from the listed headers, which must include `date` and `digest`.
 fn check_signature(secret: &Secret, request: &Request<'_>) -> AuthResult {
-    let value = auth::header(request.headers, "signature")
-        .filter(|v| !v.is_empty())
+    let value = auth::present(request.headers, "signature")
         .or_else(|| {
             auth::header(request.headers, "authorization")
                 .and_then(|v| v.strip_prefix("Signature "))
@@ -163,9 +163,8 @@ fn signature_params(value: &str) -> Vec<(String, String)> {
 
 /// Normalises `build` events; `repo`, `user` and unknown events are ignored.
 pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
-    let body = json_object(request.body)?;
-    let event = auth::header(request.headers, "x-drone-event")
-        .filter(|e| !e.is_empty())
+    let body = json::object(request.body, Some("a Drone webhook event"))?;
+    let event = auth::present(request.headers, "x-drone-event")
         .map(str::to_owned)
         .or_else(|| text(&body, "/event"));
     match event.as_deref() {
@@ -182,9 +181,7 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
         }
     }
     let raw = text(&body, "/build/status");
-    let (status, mut phase) = raw
-        .as_deref()
-        .map_or((Status::Unknown, Phase::Completed), normalise);
+    let (status, mut phase) = raw.as_deref().map_or(UNKNOWN, normalise);
     match text(&body, "/action").as_deref() {
         Some("created") => phase = Phase::Queued,
         Some("updated") | None => {}
@@ -215,17 +212,14 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
         phase: Some(phase),
         project: slug.clone(),
         run_id: number.clone(),
-        branch: first(&body, branches).map(|b| {
-            b.strip_prefix("refs/heads/")
-                .map_or(b.clone(), str::to_owned)
-        }),
+        branch: first(&body, branches).as_deref().and_then(branch_name),
         commit: text(&body, "/build/after"),
         commit_message: text(&body, "/build/message"),
         url: build_url(&body, slug.as_deref(), number.as_deref()),
         actor: first(&body, &["/build/author_login", "/build/sender"]),
         actor_email: text(&body, "/build/author_email"),
-        started_at: unix(&body, "/build/started"),
-        finished_at: unix(&body, "/build/finished"),
+        started_at: json::unix_seconds(&body, "/build/started"),
+        finished_at: json::unix_seconds(&body, "/build/finished"),
         duration_secs: None,
         summary: failed_steps(&body),
     };
@@ -255,7 +249,7 @@ fn normalise(raw: &str) -> (Status, Phase) {
         "failure" | "error" | "declined" => (Status::Failure, Phase::Completed),
         "killed" => (Status::Cancelled, Phase::Completed),
         "skipped" => (Status::Skipped, Phase::Completed),
-        _ => (Status::Unknown, Phase::Completed),
+        _ => UNKNOWN,
     }
 }
 
@@ -325,49 +319,13 @@ fn failed_steps(body: &Value) -> Option<String> {
     (!out.is_empty()).then(|| format!("failed: {}", out.join(", ")))
 }
 
-/// Unix seconds; `0` means "not yet".
-fn unix(body: &Value, pointer: &str) -> Option<DateTime<Utc>> {
-    let secs = body.pointer(pointer)?.as_i64().filter(|s| *s > 0)?;
-    DateTime::from_timestamp(secs, 0)
-}
-
-/// The first present value among `pointers`.
-fn first(body: &Value, pointers: &[&str]) -> Option<String> {
-    pointers.iter().find_map(|p| text(body, p))
-}
-
-/// The body as a JSON object, or the 400 every source gives for anything else.
-fn json_object(body: &[u8]) -> Result<Value, PayloadError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| PayloadError::body(format!("body is not valid JSON: {e}")))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(PayloadError::body(
-            "body is not valid JSON: expected an object (a Drone webhook event)",
-        ))
-    }
-}
-
-/// A string (or number) at `pointer`, trimmed; empty strings and other types are absent.
-fn text(value: &Value, pointer: &str) -> Option<String> {
-    match value.pointer(pointer)? {
-        Value::String(s) => {
-            let s = s.trim();
-            (!s.is_empty()).then(|| s.to_owned())
-        }
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::testing::{self, hmac_base64};
     use axum::http::{HeaderMap, HeaderName, HeaderValue};
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
-    use hmac::{Hmac, Mac};
 
     const SECRET: &str = "webhook-secret";
 
@@ -375,28 +333,28 @@ mod tests {
     const CORPUS: &[(&str, &str, &str)] = &[
         (
             "build_created",
-            include_str!("../../../shared/corpus/drone/build_created.json"),
-            include_str!("../../../shared/corpus/drone/build_created.headers.txt"),
+            testing::corpus!("drone", "build_created.json"),
+            testing::corpus!("drone", "build_created.headers.txt"),
         ),
         (
             "build_updated",
-            include_str!("../../../shared/corpus/drone/build_updated.json"),
-            include_str!("../../../shared/corpus/drone/build_updated.headers.txt"),
+            testing::corpus!("drone", "build_updated.json"),
+            testing::corpus!("drone", "build_updated.headers.txt"),
         ),
         (
             "build_success",
-            include_str!("../../../shared/corpus/drone/build_success.json"),
-            include_str!("../../../shared/corpus/drone/build_success.headers.txt"),
+            testing::corpus!("drone", "build_success.json"),
+            testing::corpus!("drone", "build_success.headers.txt"),
         ),
         (
             "build_failure",
-            include_str!("../../../shared/corpus/drone/build_failure.json"),
-            include_str!("../../../shared/corpus/drone/build_failure.headers.txt"),
+            testing::corpus!("drone", "build_failure.json"),
+            testing::corpus!("drone", "build_failure.headers.txt"),
         ),
         (
             "build_killed",
-            include_str!("../../../shared/corpus/drone/build_killed.json"),
-            include_str!("../../../shared/corpus/drone/build_killed.headers.txt"),
+            testing::corpus!("drone", "build_killed.json"),
+            testing::corpus!("drone", "build_killed.headers.txt"),
         ),
     ];
 
@@ -424,21 +382,12 @@ mod tests {
             .with_timezone(&Utc)
     }
 
+    /// A delivery to [`TARGET`] (what a signed `(request-target)` covers).
     fn request<'a>(headers: &'a HeaderMap, body: &'a str, now: DateTime<Utc>) -> Request<'a> {
         Request {
-            headers,
-            body: body.as_bytes(),
             target: TARGET,
-            method: "post",
-            now,
+            ..testing::request(headers, body, now)
         }
-    }
-
-    /// An independent base64 HMAC-SHA256 (hmac + base64 crates directly).
-    fn hmac_b64(key: &str, message: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
-        mac.update(message.as_bytes());
-        STANDARD.encode(mac.finalize().into_bytes())
     }
 
     fn digest_of(body: &str) -> String {
@@ -462,10 +411,10 @@ mod tests {
                 h["digest"].to_str().unwrap()
             );
             assert!(
-                h["signature"]
-                    .to_str()
-                    .unwrap()
-                    .contains(&format!("signature=\"{}\"", hmac_b64(SECRET, &signing))),
+                h["signature"].to_str().unwrap().contains(&format!(
+                    "signature=\"{}\"",
+                    hmac_base64(SECRET, signing.as_bytes())
+                )),
                 "{name}"
             );
             assert_eq!(check_signature(&secret, &req), Ok(()), "{name}");
@@ -599,7 +548,7 @@ mod tests {
                 other => panic!("{other}"),
             });
         }
-        let signature = hmac_b64(SECRET, &lines.join("\n"));
+        let signature = hmac_base64(SECRET, lines.join("\n").as_bytes());
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.insert("x-drone-event", HeaderValue::from_static("build"));

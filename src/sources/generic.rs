@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Map, Value};
 
 use super::auth::{self, AuthResult};
+use super::json::{self, non_empty};
 use super::{Event, JobStatus, PayloadError, Phase, Request, Standup, Status};
 use crate::config::Secret;
 
@@ -39,8 +40,7 @@ pub fn delivery_id(request: &Request<'_>) -> Option<String> {
 
 /// Parses a generic webhook body into an [`Event`].
 pub fn parse(body: &[u8]) -> Result<Event, PayloadError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| PayloadError::body(format!("body is not valid JSON: {e}")))?;
+    let value = json::parse(body)?;
     let Value::Object(map) = value else {
         return Err(PayloadError::body(format!(
             "body is not valid JSON: expected an object such as {{\"type\":\"job_status\",…}}, got {}",
@@ -85,13 +85,7 @@ fn job_status(obj: &Obj<'_>) -> Result<JobStatus, PayloadError> {
             ));
         }
     };
-    let branch = obj
-        .string("branch")?
-        .and_then(|b| match b.strip_prefix("refs/heads/") {
-            Some("") => None,
-            Some(rest) => Some(rest.to_owned()),
-            None => Some(b),
-        });
+    let branch = obj.string("branch")?.as_deref().and_then(json::branch_name);
     Ok(JobStatus {
         job,
         pipeline,
@@ -187,11 +181,9 @@ impl Obj<'_> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
-                .map(|t| Some(t.with_timezone(&Utc)))
-                .map_err(|_| {
-                    PayloadError::field(field, "not an RFC 3339 time (e.g. 2026-11-24T08:03:12Z)")
-                }),
+            Some(Value::String(s)) => json::rfc3339(s).map(Some).ok_or_else(|| {
+                PayloadError::field(field, "not an RFC 3339 time (e.g. 2026-11-24T08:03:12Z)")
+            }),
             Some(_) => Err(PayloadError::field(
                 field,
                 "must be a string holding an RFC 3339 time",
@@ -201,22 +193,11 @@ impl Obj<'_> {
 
     /// An optional non-negative number of seconds; fractions are rounded.
     fn seconds(&self, field: &str) -> Result<Option<u64>, PayloadError> {
-        let problem = "must be a non-negative number of seconds";
         match self.get(field) {
             None => Ok(None),
-            Some(Value::Number(n)) => {
-                if let Some(secs) = n.as_u64() {
-                    return Ok(Some(secs));
-                }
-                match n.as_f64() {
-                    Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
-                        // The range is checked just above, so the cast cannot saturate.
-                        Ok(Some(f.round() as u64))
-                    }
-                    _ => Err(PayloadError::field(field, problem)),
-                }
-            }
-            Some(_) => Err(PayloadError::field(field, problem)),
+            Some(value) => json::whole_seconds(value).map(Some).ok_or_else(|| {
+                PayloadError::field(field, "must be a non-negative number of seconds")
+            }),
         }
     }
 
@@ -247,11 +228,6 @@ impl Obj<'_> {
             )),
         }
     }
-}
-
-fn non_empty(s: &str) -> Option<String> {
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_owned())
 }
 
 fn kind_of(value: &Value) -> &'static str {

@@ -14,7 +14,8 @@
 use serde_json::Value;
 
 use super::auth::{self, AuthResult};
-use super::github::{self, Lifecycle, branch, id, present, text, time};
+use super::github::{self, Lifecycle};
+use super::json::{self, string, text, time};
 use super::{JobStatus, Parsed, PayloadError, Phase, Request, Status};
 use crate::config::Secret;
 
@@ -59,7 +60,7 @@ pub fn verify(secret: &Secret, request: &Request<'_>, flavor: Flavor) -> AuthRes
     let headers = request.headers;
     let mut signed = false;
     for family in flavor.families() {
-        if let Some(hex) = present(headers, &format!("x-{family}-signature")) {
+        if let Some(hex) = auth::present(headers, &format!("x-{family}-signature")) {
             signed = true;
             if auth::hmac_hex_matches(secret, request.body, hex) {
                 return Ok(());
@@ -67,7 +68,7 @@ pub fn verify(secret: &Secret, request: &Request<'_>, flavor: Flavor) -> AuthRes
         }
     }
     // Without a secret Gitea still sends the header, as a bare `sha256=`.
-    if let Some(value) = present(headers, "x-hub-signature-256").filter(|v| *v != "sha256=") {
+    if let Some(value) = auth::present(headers, "x-hub-signature-256").filter(|v| *v != "sha256=") {
         signed = true;
         if github::sha256_signature_matches(secret, request.body, value) {
             return Ok(());
@@ -102,7 +103,7 @@ pub fn delivery_id(request: &Request<'_>, flavor: Flavor) -> Option<String> {
 /// Normalises an Actions event named by `X-Gitea-Event` / `X-Forgejo-Event` (or an alias;
 /// inferred from the body when no event header came).
 pub fn parse(request: &Request<'_>, flavor: Flavor) -> Result<Parsed, PayloadError> {
-    let root = github::json_object(request.body)?;
+    let root = json::object(request.body, None)?;
     let name = flavor.name();
     let event = first_header(request, flavor, "event")
         .or_else(|| first_header(request, flavor, "event-type"))
@@ -136,7 +137,7 @@ fn first_header<'a>(request: &Request<'a>, flavor: Flavor, suffix: &str) -> Opti
         .families()
         .into_iter()
         .chain(["github"])
-        .find_map(|family| present(request.headers, &format!("x-{family}-{suffix}")))
+        .find_map(|family| auth::present(request.headers, &format!("x-{family}-{suffix}")))
 }
 
 /// The event a body is, by the objects it carries.
@@ -153,8 +154,8 @@ fn infer_event(root: &Value) -> Option<&'static str> {
 /// run's `status` says which (else the action does).
 fn forgejo_run(root: &Value, source: &str) -> Result<Parsed, PayloadError> {
     let run = github::object(root, "run")?;
-    let action = text(root, "/action");
-    let status = text(run, "/status").or_else(|| match action.as_deref() {
+    let action = string(root, "/action");
+    let status = string(run, "/status").or_else(|| match action.as_deref() {
         Some("recover") => Some("success".to_owned()),
         _ => action.clone(),
     });
@@ -174,9 +175,9 @@ fn forgejo_job(root: &Value, source: &str) -> Result<Parsed, PayloadError> {
         root,
         run,
         source,
-        forgejo_state(text(job, "/status").as_deref()),
+        forgejo_state(string(job, "/status").as_deref()),
     );
-    let name = text(job, "/name");
+    let name = string(job, "/name");
     let finished_at = if base.phase == Some(Phase::Completed) {
         time(job, "/stopped")
     } else {
@@ -185,9 +186,9 @@ fn forgejo_job(root: &Value, source: &str) -> Result<Parsed, PayloadError> {
     Ok(github::report(JobStatus {
         pipeline: base.pipeline.clone().or_else(|| name.clone()),
         job: name,
-        run_id: base.run_id.clone().or_else(|| id(job, "/run_id")),
-        commit: base.commit.clone().or_else(|| text(job, "/commit_sha")),
-        url: text(job, "/html_url").or_else(|| base.url.clone()),
+        run_id: base.run_id.clone().or_else(|| text(job, "/run_id")),
+        commit: base.commit.clone().or_else(|| string(job, "/commit_sha")),
+        url: string(job, "/html_url").or_else(|| base.url.clone()),
         started_at: time(job, "/started"),
         finished_at,
         ..base
@@ -197,25 +198,26 @@ fn forgejo_job(root: &Value, source: &str) -> Result<Parsed, PayloadError> {
 /// What a Forgejo `run` object says (the `ActionRun` of its API).
 fn from_forgejo_run(root: &Value, run: &Value, source: &str, state: Lifecycle) -> JobStatus {
     let actor = github::first_user(&[run.get("trigger_user"), root.get("sender")]);
-    let index = id(run, "/index_in_repo");
+    let index = text(run, "/index_in_repo");
     let finished_at = if state.phase == Phase::Completed {
         time(run, "/stopped")
     } else {
         None
     };
     JobStatus {
-        pipeline: text(run, "/workflow_id")
+        pipeline: string(run, "/workflow_id")
             .map(|file| github::workflow_file(&file))
             .or_else(|| index.as_ref().map(|n| format!("run #{n}"))),
         source: Some(source.to_owned()),
-        project: text(root, "/repository/full_name").or_else(|| text(run, "/repository/full_name")),
-        run_id: index.or_else(|| id(run, "/id")),
-        branch: branch(run, "/prettyref"),
-        commit: text(run, "/commit_sha"),
-        commit_message: text(run, "/title"),
-        url: text(run, "/html_url"),
-        actor: actor.and_then(|u| text(u, "/login")),
-        actor_email: actor.and_then(|u| text(u, "/email")),
+        project: string(root, "/repository/full_name")
+            .or_else(|| string(run, "/repository/full_name")),
+        run_id: index.or_else(|| text(run, "/id")),
+        branch: json::branch(run, "/prettyref"),
+        commit: string(run, "/commit_sha"),
+        commit_message: string(run, "/title"),
+        url: string(run, "/html_url"),
+        actor: actor.and_then(|u| string(u, "/login")),
+        actor_email: actor.and_then(|u| string(u, "/email")),
         started_at: time(run, "/started"),
         finished_at,
         ..state.into_job()
@@ -237,32 +239,10 @@ fn forgejo_state(status: Option<&str>) -> Lifecycle {
 mod tests {
     use super::*;
     use crate::sources::Event;
-    use axum::http::{HeaderMap, HeaderName, HeaderValue};
-    use chrono::{DateTime, Utc};
-    use hmac::{Hmac, Mac};
+    use crate::sources::testing::{headers, hmac_hex, request, utc};
+    use axum::http::HeaderMap;
+    use chrono::Utc;
     use serde_json::json;
-    use sha2::Sha256;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
-    }
-
-    fn request<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Request<'a> {
-        Request {
-            headers,
-            body,
-            target: "/v1/hooks/gitea",
-            method: "post",
-            now: Utc::now(),
-        }
-    }
 
     /// What Gitea (1.24+) sends with a delivery: its own headers plus the Gogs and GitHub
     /// aliases; the signatures are empty because the test hooks have no secret.
@@ -311,7 +291,10 @@ mod tests {
     }
 
     fn outcome(headers: &HeaderMap, body: &Value, flavor: Flavor) -> Result<Parsed, PayloadError> {
-        parse(&request(headers, body.to_string().as_bytes()), flavor)
+        parse(
+            &request(headers, body.to_string().as_bytes(), Utc::now()),
+            flavor,
+        )
     }
 
     fn job(headers: &HeaderMap, body: &Value, flavor: Flavor) -> JobStatus {
@@ -319,12 +302,6 @@ mod tests {
             Ok(Parsed::Event(Event::JobStatus(job))) => job,
             other => panic!("expected a job_status, got {other:?}"),
         }
-    }
-
-    fn at(rfc3339: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .unwrap()
-            .with_timezone(&Utc)
     }
 
     /// Sets `pointer` in `value` (test fixtures are varied from one realistic payload).
@@ -539,7 +516,7 @@ mod tests {
             assert_eq!(j.status, Some(status), "{label}");
             assert_eq!(j.status_raw.as_deref(), Some(raw), "{label}");
             assert_eq!(j.phase, Some(phase), "{label}");
-            assert_eq!(j.finished_at, finished.map(at), "{label}");
+            assert_eq!(j.finished_at, finished.and_then(utc), "{label}");
         }
     }
 
@@ -565,7 +542,7 @@ mod tests {
             j.url.as_deref(),
             Some("https://gitea.example.com/acme/api/actions/runs/57")
         );
-        assert_eq!(j.started_at, Some(at("2025-06-02T02:00:05Z")));
+        assert_eq!(j.started_at, utc("2025-06-02T02:00:05Z"));
         assert_eq!(j.duration_secs(), Some(192));
         // Without the workflow object: the file of `path`, then the run number.
         let no_workflow = with(gitea_run(), &[("/workflow", Value::Null)]);
@@ -595,8 +572,8 @@ mod tests {
             j.url.as_deref(),
             Some("https://gitea.example.com/acme/api/actions/runs/57/jobs/1")
         );
-        assert_eq!(j.started_at, Some(at("2025-06-02T02:00:08Z")));
-        assert_eq!(j.finished_at, Some(at("2025-06-02T02:02:40Z")));
+        assert_eq!(j.started_at, utc("2025-06-02T02:00:08Z"));
+        assert_eq!(j.finished_at, utc("2025-06-02T02:02:40Z"));
         assert_eq!(j.summary.as_deref(), Some("failed step: go test ./..."));
 
         let queued = with(
@@ -713,8 +690,8 @@ mod tests {
                 j.url.as_deref(),
                 Some("https://forgejo.example.com/acme/api/actions/runs/57")
             );
-            assert_eq!(j.started_at, Some(at("2025-08-01T08:00:05Z")));
-            assert_eq!(j.finished_at, Some(at("2025-08-01T08:03:17Z")));
+            assert_eq!(j.started_at, utc("2025-08-01T08:00:05Z"));
+            assert_eq!(j.finished_at, utc("2025-08-01T08:03:17Z"));
             assert_eq!(j.duration_secs(), Some(192));
         }
         // No status in the run: the action says it.
@@ -803,8 +780,8 @@ mod tests {
                     j.url.as_deref(),
                     Some("https://forgejo.example.com/acme/api/actions/runs/57/jobs/3/attempt/1")
                 );
-                assert_eq!(j.started_at, Some(at("2025-08-01T08:00:30Z")));
-                assert_eq!(j.finished_at, finished.map(at), "{event_type}");
+                assert_eq!(j.started_at, utc("2025-08-01T08:00:30Z"));
+                assert_eq!(j.finished_at, finished.and_then(utc), "{event_type}");
             }
         }
         // A job without its run still reports, named by itself.
@@ -877,7 +854,11 @@ mod tests {
     fn bad_bodies_are_400() {
         let headers = gitea_headers("workflow_run");
         for body in ["", "<xml/>", "[]", "42", "{\"action\":"] {
-            let err = parse(&request(&headers, body.as_bytes()), Flavor::Gitea).expect_err(body);
+            let err = parse(
+                &request(&headers, body.as_bytes(), Utc::now()),
+                Flavor::Gitea,
+            )
+            .expect_err(body);
             assert!(err.field.is_none(), "{body}: {err:?}");
             assert!(
                 err.message.starts_with("body is not valid JSON: "),
@@ -918,23 +899,13 @@ mod tests {
 
     // === authentication ===
 
-    /// Hex HMAC-SHA256 computed with the `hmac` crate directly, independently of `auth`.
-    fn independent_hex(secret: &str, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body);
-        hex::encode(mac.finalize().into_bytes())
-    }
-
     const SIGNED_BODY: &str = r#"{"action":"completed","workflow_run":{"id":812,"status":"completed","conclusion":"success"}}"#;
     /// `printf '%s' "$SIGNED_BODY" | openssl dgst -sha256 -hmac gitea-secret`
     const SIGNED_HEX: &str = "fd4e5b065428c49c0006bebaec0d607f2a48fe114b812a7a77f0ed66fe9bc259";
 
     #[test]
     fn signature_vector_is_independently_checked() {
-        assert_eq!(
-            independent_hex("gitea-secret", SIGNED_BODY.as_bytes()),
-            SIGNED_HEX
-        );
+        assert_eq!(hmac_hex("gitea-secret", SIGNED_BODY.as_bytes()), SIGNED_HEX);
         assert_eq!(
             auth::sign_sha256("gitea-secret", SIGNED_BODY.as_bytes()),
             format!("sha256={SIGNED_HEX}")
@@ -944,7 +915,7 @@ mod tests {
     #[test]
     fn verify_accepts_every_signature_alias_and_the_authorization_header() {
         let hub = format!("sha256={SIGNED_HEX}");
-        let wrong = independent_hex("not-the-secret", SIGNED_BODY.as_bytes());
+        let wrong = hmac_hex("not-the-secret", SIGNED_BODY.as_bytes());
         // (flavor, headers, accepted, message starts with)
         let cases: &[(Flavor, &[(&str, &str)], bool, &str)] = &[
             (
@@ -1059,7 +1030,11 @@ mod tests {
         let secret = Secret::new("gitea-secret");
         for (flavor, pairs, accepted, message) in cases {
             let headers = headers(pairs);
-            let result = verify(&secret, &request(&headers, SIGNED_BODY.as_bytes()), *flavor);
+            let result = verify(
+                &secret,
+                &request(&headers, SIGNED_BODY.as_bytes(), Utc::now()),
+                *flavor,
+            );
             assert_eq!(
                 result.is_ok(),
                 *accepted,
@@ -1076,7 +1051,7 @@ mod tests {
         assert!(
             verify(
                 &secret,
-                &request(&headers, tampered.as_bytes()),
+                &request(&headers, tampered.as_bytes(), Utc::now()),
                 Flavor::Gitea
             )
             .is_err()
@@ -1109,7 +1084,7 @@ mod tests {
         for (flavor, pairs, expected) in cases {
             let headers = headers(pairs);
             assert_eq!(
-                delivery_id(&request(&headers, b"{}"), *flavor).as_deref(),
+                delivery_id(&request(&headers, b"{}", Utc::now()), *flavor).as_deref(),
                 *expected,
                 "{flavor:?} {pairs:?}"
             );

@@ -6,10 +6,11 @@
 //! `COMPLETED` and `FINALIZED` both end a build; only `FINALIZED` (sent after post-build actions)
 //! is reported, so one build makes one completed report. `COMPLETED` is answered as ignored.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use serde_json::Value;
 
 use super::auth::{self, AuthResult};
+use super::json::{self, non_empty, remote_branch_name, text};
 use super::{Event, JobStatus, Parsed, PayloadError, Phase, Request, Status};
 use crate::config::Secret;
 
@@ -27,7 +28,7 @@ pub fn verify(secret: &Secret, request: &Request<'_>) -> AuthResult {
 
 /// Normalises a Notification plugin body; `COMPLETED` and unknown phases are ignored.
 pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
-    let body = json_object(request.body)?;
+    let body = json::object(request.body, Some("the Notification plugin's JSON format"))?;
     let Some(phase_raw) = text(&body, "/build/phase") else {
         return Err(PayloadError::field(
             "build.phase",
@@ -51,8 +52,10 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
     };
 
     // `build.timestamp` means a different moment in each phase (plugin `JobListener`): when the
-    // build left the queue's view (QUEUED), when it started (STARTED), and now (FINALIZED).
-    let timestamp = time(body.pointer("/build/timestamp"));
+    // build left the queue's view (QUEUED), when it started (STARTED), and now (FINALIZED). It is
+    // milliseconds since the epoch, or an ISO 8601 string from plugin versions before 1.10.
+    let timestamp = json::unix_millis(&body, "/build/timestamp")
+        .or_else(|| json::time(&body, "/build/timestamp"));
     let duration_ms = body
         .pointer("/build/duration")
         .and_then(Value::as_u64)
@@ -87,7 +90,9 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
             .and_then(repo_path)
             .or_else(|| text(&body, "/name")),
         run_id: text(&body, "/build/number"),
-        branch: text(&body, "/build/scm/branch").and_then(|b| branch_name(&b)),
+        branch: text(&body, "/build/scm/branch")
+            .as_deref()
+            .and_then(remote_branch_name),
         commit: text(&body, "/build/scm/commit"),
         commit_message: None,
         url: text(&body, "/build/full_url").filter(|u| u.contains("://")),
@@ -151,15 +156,6 @@ fn summary(body: &Value) -> Option<String> {
     text(body, "/build/notes").and_then(|n| n.lines().find_map(non_empty))
 }
 
-/// `origin/main`, `refs/remotes/origin/main` or `refs/heads/main` → `main`.
-fn branch_name(raw: &str) -> Option<String> {
-    let b = raw.trim();
-    let b = b.strip_prefix("refs/remotes/").unwrap_or(b);
-    let b = b.strip_prefix("origin/").unwrap_or(b);
-    let b = b.strip_prefix("refs/heads/").unwrap_or(b);
-    non_empty(b)
-}
-
 /// The repository path of a Git remote: `https://host/owner/repo.git` and `git@host:owner/repo`
 /// → `owner/repo` (deeper paths such as GitLab subgroups are kept whole).
 fn repo_path(url: &str) -> Option<String> {
@@ -179,53 +175,14 @@ fn repo_path(url: &str) -> Option<String> {
     path.contains('/').then(|| path.to_owned())
 }
 
-/// `build.timestamp`: milliseconds since the epoch (current plugin) or an ISO 8601 string
-/// (plugin versions before 1.10).
-fn time(value: Option<&Value>) -> Option<DateTime<Utc>> {
-    match value? {
-        Value::Number(n) => {
-            DateTime::from_timestamp_millis(n.as_i64()?).filter(|t| t.timestamp() > 0)
-        }
-        Value::String(s) => DateTime::parse_from_rfc3339(s.trim())
-            .ok()
-            .map(|t| t.with_timezone(&Utc)),
-        _ => None,
-    }
-}
-
-/// The body as a JSON object, or the 400 every source gives for anything else.
-fn json_object(body: &[u8]) -> Result<Value, PayloadError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| PayloadError::body(format!("body is not valid JSON: {e}")))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(PayloadError::body(
-            "body is not valid JSON: expected an object (the Notification plugin's JSON format)",
-        ))
-    }
-}
-
-/// A string (or number) at `pointer`, trimmed; empty strings and other types are absent.
-fn text(value: &Value, pointer: &str) -> Option<String> {
-    match value.pointer(pointer)? {
-        Value::String(s) => non_empty(s),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn non_empty(s: &str) -> Option<String> {
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::{HeaderMap, HeaderName, HeaderValue};
+    use crate::sources::testing::{headers, request};
+    use axum::http::HeaderMap;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
+    use chrono::{DateTime, Utc};
 
     // Our own fixtures, derived from the plugin's model classes (`JobState`, `BuildState`,
     // `ScmState`, `TestState`) and `Phase.buildJobState`: Gson with snake_case names and null
@@ -259,17 +216,6 @@ mod tests {
         "test_summary":{"total":420,"failed":3,"passed":412,"skipped":5,
         "failed_tests":["a.b.C.test1","a.b.C.test2","a.b.D.test3"]}}}"#;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
-    }
-
     fn plugin_headers() -> HeaderMap {
         let basic = format!("Basic {}", STANDARD.encode("jenkins:s3cret"));
         headers(&[
@@ -278,19 +224,9 @@ mod tests {
         ])
     }
 
-    fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> Request<'a> {
-        Request {
-            headers,
-            body: body.as_bytes(),
-            target: "/v1/hooks/jenkins",
-            method: "post",
-            now: Utc::now(),
-        }
-    }
-
     fn job(body: &str) -> JobStatus {
         let h = plugin_headers();
-        match parse(&request(&h, body)) {
+        match parse(&request(&h, body, Utc::now())) {
             Ok(Parsed::Event(Event::JobStatus(j))) => j,
             other => panic!("{body}: {other:?}"),
         }
@@ -298,7 +234,7 @@ mod tests {
 
     fn ignored(body: &str) -> String {
         let h = plugin_headers();
-        match parse(&request(&h, body)) {
+        match parse(&request(&h, body, Utc::now())) {
             Ok(Parsed::Ignored(reason)) => reason,
             other => panic!("{body}: {other:?}"),
         }
@@ -505,10 +441,15 @@ mod tests {
             COMPLETED_IGNORED
         );
         let h = plugin_headers();
-        let err = parse(&request(&h, r#"{"name":"a","build":{"number":1}}"#)).unwrap_err();
+        let err = parse(&request(
+            &h,
+            r#"{"name":"a","build":{"number":1}}"#,
+            Utc::now(),
+        ))
+        .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("build.phase"));
         for body in ["", "<job><name>a</name></job>", "[1]", "null", "{\"name\":"] {
-            let err = parse(&request(&h, body)).expect_err(body);
+            let err = parse(&request(&h, body, Utc::now())).expect_err(body);
             assert!(err.field.is_none(), "{body}: {err:?}");
             assert!(
                 err.message.starts_with("body is not valid JSON"),
@@ -522,7 +463,7 @@ mod tests {
         let h = plugin_headers();
         let ids: Vec<_> = [QUEUED, STARTED, COMPLETED, FINALIZED]
             .iter()
-            .map(|b| delivery_id(&request(&h, b)))
+            .map(|b| delivery_id(&request(&h, b, Utc::now())))
             .collect();
         assert_eq!(
             ids,
@@ -533,8 +474,11 @@ mod tests {
                 Some("asgard#18:FINALIZED".to_owned()),
             ]
         );
-        assert_eq!(delivery_id(&request(&h, r#"{"name":"a"}"#)), None);
-        assert_eq!(delivery_id(&request(&h, "not json")), None);
+        assert_eq!(
+            delivery_id(&request(&h, r#"{"name":"a"}"#, Utc::now())),
+            None
+        );
+        assert_eq!(delivery_id(&request(&h, "not json", Utc::now())), None);
     }
 
     #[test]
@@ -554,7 +498,7 @@ mod tests {
         for (pairs, ok) in cases {
             let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let h = headers(&pairs);
-            let result = verify(&secret, &request(&h, FINALIZED));
+            let result = verify(&secret, &request(&h, FINALIZED, Utc::now()));
             assert_eq!(result.is_ok(), ok, "{pairs:?}: {result:?}");
             if let Err(message) = result {
                 assert!(!message.contains("s3cret"), "{message}");

@@ -15,6 +15,9 @@ pub mod gitea;
 pub mod github;
 pub mod gitlab;
 pub mod jenkins;
+mod json;
+#[cfg(test)]
+mod testing;
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
