@@ -22,12 +22,13 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::sql::{COLUMNS, from_ms, millis, ms, row_to_delivery, unavailable};
+use super::sql::{COLUMNS, claim_statements, from_ms, millis, ms, row_to_delivery, unavailable};
 use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store};
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
+    claim: [String; 2],
 }
 
 /// The parts of a connection URL: everything but the password and the query (which may hold
@@ -105,7 +106,10 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| open_error(url, "migrating", e))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            claim: claim_statements(|n| format!("${n}"), " FOR UPDATE SKIP LOCKED"),
+        })
     }
 }
 
@@ -180,26 +184,30 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<Vec<Delivery>> {
         let now = ms(now);
-        // SKIP LOCKED: rows another replica is claiming right now are left to it; a row it
-        // claimed after this statement's snapshot is re-checked against the new version (no
-        // longer due) and skipped too.
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries SET state = 'delivering', attempts = attempts + 1, \
-               next_attempt_at = NULL, lease_until = $1, updated_at = $2 \
-             WHERE id IN (SELECT id FROM deliveries \
-               WHERE (state = 'queued' AND next_attempt_at <= $2) \
-                  OR (state = 'delivering' AND lease_until <= $2) \
-               ORDER BY next_attempt_at NULLS FIRST, created_at LIMIT $3 \
-               FOR UPDATE SKIP LOCKED) \
-             RETURNING {COLUMNS}"
-        ))
-        .bind(now.saturating_add(millis(lease)))
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(row_to_delivery).collect()
+        let until = now.saturating_add(millis(lease));
+        let mut claimed = Vec::new();
+        // Two index walks that stop at the limit (a single `… OR …` query sorts every due
+        // row first, which is slow when the queue is deep): leases that expired, then queued
+        // deliveries in due order. SKIP LOCKED: rows another replica is claiming right now are
+        // left to it; a row it claimed after this statement's snapshot is re-checked against
+        // the new version (no longer due) and skipped too.
+        for due in &self.claim {
+            let room = limit.saturating_sub(claimed.len());
+            if room == 0 {
+                break;
+            }
+            let rows = sqlx::query(due.as_str())
+                .bind(until)
+                .bind(now)
+                .bind(i64::try_from(room).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            for row in &rows {
+                claimed.push(row_to_delivery(row)?);
+            }
+        }
+        Ok(claimed)
     }
 
     async fn mark_sending(&self, id: &str, now: DateTime<Utc>) -> Result<()> {

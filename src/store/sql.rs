@@ -12,6 +12,32 @@ use super::{Delivery, Error, LastError, Result, State};
 pub(super) const COLUMNS: &str = "id, route, dedup_key, state, attempts, next_attempt_at, \
      sending_since, last_errcode, last_errmsg, report_id, draft, created_at, updated_at";
 
+/// The two claim statements, in the order they run: deliveries whose lease expired (their
+/// worker died), then queued deliveries that are due, earliest first. Each walks an index and
+/// stops at the limit; one `… OR …` query would sort every due row first, which is slow when
+/// the queue is deep. Parameters: 1 the new lease end, 2 now, 3 the limit. `placeholder(n)`
+/// writes the dialect's n-th parameter; `lock` is appended to each inner select (PostgreSQL:
+/// ` FOR UPDATE SKIP LOCKED`).
+pub(super) fn claim_statements(placeholder: fn(u8) -> String, lock: &str) -> [String; 2] {
+    let (until, now, limit) = (placeholder(1), placeholder(2), placeholder(3));
+    [
+        format!(
+            "UPDATE deliveries SET attempts = attempts + 1, lease_until = {until}, \
+               updated_at = {now} \
+             WHERE id IN (SELECT id FROM deliveries WHERE state = 'delivering' \
+               AND lease_until <= {now} ORDER BY lease_until LIMIT {limit}{lock}) \
+             RETURNING {COLUMNS}"
+        ),
+        format!(
+            "UPDATE deliveries SET state = 'delivering', attempts = attempts + 1, \
+               next_attempt_at = NULL, lease_until = {until}, updated_at = {now} \
+             WHERE id IN (SELECT id FROM deliveries WHERE state = 'queued' \
+               AND next_attempt_at <= {now} ORDER BY next_attempt_at LIMIT {limit}{lock}) \
+             RETURNING {COLUMNS}"
+        ),
+    ]
+}
+
 /// A database failure, as the store reports it.
 pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(e.to_string())

@@ -12,7 +12,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{COLUMNS, from_ms, millis, ms, row_to_delivery, unavailable};
+use super::sql::{COLUMNS, claim_statements, from_ms, millis, ms, row_to_delivery, unavailable};
 use super::{Delivery, Enqueued, Error, LastError, NewDelivery, QueueStats, Result, State, Store};
 
 /// The SQLite store.
@@ -20,6 +20,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     intake: mpsc::Sender<EnqueueRequest>,
+    claim: [String; 2],
 }
 
 /// One webhook waiting for the group commit.
@@ -38,9 +39,10 @@ const GROUP_COMMIT_MAX: usize = 256;
 /// concurrency. Each webhook is answered only after its group is committed.
 async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequest>) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    let mut depth = DepthCache::default();
     while intake.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
         let requests = std::mem::take(&mut batch);
-        match commit_group(&writer, &requests).await {
+        match commit_group(&writer, &requests, &mut depth).await {
             Ok(results) => {
                 for (request, result) in requests.into_iter().zip(results) {
                     let _ = request.reply.send(result);
@@ -56,20 +58,55 @@ async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequ
     }
 }
 
+/// The queue depth as last counted, so that a deep queue is not counted on every group:
+/// counting walks every waiting row. Between counts, what this process queued is added;
+/// deliveries finished meanwhile are not subtracted, so a webhook is refused only after a fresh
+/// count confirms the queue is full.
+#[derive(Default)]
+struct DepthCache {
+    counted: Option<(tokio::time::Instant, u64)>,
+}
+
+/// How long a depth count is trusted.
+const DEPTH_COUNT_EVERY: Duration = Duration::from_secs(1);
+
+impl DepthCache {
+    /// The depth, counted again when the last count is stale or `fresh` is asked for.
+    async fn get(&mut self, tx: &mut sqlx::SqliteConnection, fresh: bool) -> Result<u64> {
+        if let Some((at, depth)) = self.counted
+            && !fresh
+            && at.elapsed() < DEPTH_COUNT_EVERY
+        {
+            return Ok(depth);
+        }
+        let depth: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let depth = u64::try_from(depth).unwrap_or_default();
+        self.counted = Some((tokio::time::Instant::now(), depth));
+        Ok(depth)
+    }
+
+    fn set(&mut self, depth: u64) {
+        if let Some((_, cached)) = &mut self.counted {
+            *cached = depth;
+        }
+    }
+}
+
 /// Writes a group in one transaction. The outer error fails the whole group (nothing of it
 /// is committed); the inner results are each webhook's answer.
 async fn commit_group(
     writer: &SqlitePool,
     requests: &[EnqueueRequest],
+    cache: &mut DepthCache,
 ) -> Result<Vec<Result<Enqueued>>> {
     let mut tx = writer.begin().await.map_err(unavailable)?;
-    let depth: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(unavailable)?;
-    let mut depth = u64::try_from(depth).unwrap_or_default();
+    let mut depth = cache.get(&mut tx, false).await?;
+    let mut recounted = false;
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         let new = &request.new;
@@ -85,6 +122,12 @@ async fn commit_group(
         {
             results.push(Ok(Enqueued::Duplicate(id)));
             continue;
+        }
+        if depth >= request.max_queued && !recounted {
+            // The cached count may include deliveries finished since: look again, once (the
+            // count inside this transaction already sees this group's rows).
+            depth = cache.get(&mut tx, true).await?;
+            recounted = true;
         }
         if depth >= request.max_queued {
             results.push(Err(Error::Full(depth)));
@@ -122,6 +165,7 @@ async fn commit_group(
         results.push(Ok(Enqueued::Queued(new.id.clone())));
     }
     tx.commit().await.map_err(unavailable)?;
+    cache.set(depth);
     Ok(results)
 }
 
@@ -169,6 +213,7 @@ impl SqliteStore {
             writer,
             reader,
             intake,
+            claim: claim_statements(|n| format!("?{n}"), ""),
         })
     }
 }
@@ -204,22 +249,28 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<Delivery>> {
         let now = ms(now);
-        let rows = sqlx::query(&format!(
-            "UPDATE deliveries SET state = 'delivering', attempts = attempts + 1, \
-               next_attempt_at = NULL, lease_until = ?1, updated_at = ?2 \
-             WHERE id IN (SELECT id FROM deliveries \
-               WHERE (state = 'queued' AND next_attempt_at <= ?2) \
-                  OR (state = 'delivering' AND lease_until <= ?2) \
-               ORDER BY next_attempt_at, created_at LIMIT ?3) \
-             RETURNING {COLUMNS}"
-        ))
-        .bind(now + millis(lease))
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(row_to_delivery).collect()
+        let until = now + millis(lease);
+        let mut claimed = Vec::new();
+        // Two index walks that stop at the limit (a single `… OR …` query sorts every due
+        // row first, which is slow when the queue is deep): leases that expired, then queued
+        // deliveries in due order.
+        for due in &self.claim {
+            let room = limit.saturating_sub(claimed.len());
+            if room == 0 {
+                break;
+            }
+            let rows = sqlx::query(due.as_str())
+                .bind(until)
+                .bind(now)
+                .bind(i64::try_from(room).unwrap_or(i64::MAX))
+                .fetch_all(&self.writer)
+                .await
+                .map_err(unavailable)?;
+            for row in &rows {
+                claimed.push(row_to_delivery(row)?);
+            }
+        }
+        Ok(claimed)
     }
 
     async fn mark_sending(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
