@@ -37,6 +37,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// `dingtalk_relay_config_reloads_total{outcome}`: ok, error.
     pub config_reloads: IntCounterVec,
+    /// `dingtalk_relay_dingtalk_paused{app,reason}`: 1 while the relay does not call DingTalk
+    /// for an app (quota_exhausted, credentials_refused, ip_banned; app `*` = every app).
+    pub dingtalk_paused: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -148,9 +151,21 @@ impl Metrics {
             "Configuration reloads (SIGHUP, POST /-/reload), by outcome (ok, error).",
             &["outcome"],
         );
+        let dingtalk_paused = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "dingtalk_relay_dingtalk_paused",
+                "1 while the relay does not call DingTalk for an app (quota_exhausted, credentials_refused, ip_banned; app \"*\" = every app).",
+            ),
+            &["app", "reason"],
+        )
+        .expect("metric names and labels are static and valid");
+        registry
+            .register(Box::new(dingtalk_paused.clone()))
+            .expect("each metric is registered once in a fresh registry");
         Self {
             registry,
             config_reloads,
+            dingtalk_paused,
             webhooks_received,
             deliveries,
             dingtalk_requests,

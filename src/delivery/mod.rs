@@ -337,6 +337,15 @@ impl Worker {
                 let wait = self.backoff(delivery.attempts, Some(Duration::from_secs(2)));
                 self.retry_later(delivery, &last, wait, sent_at).await;
             }
+            Disposition::Defer(wait) => {
+                let now = Utc::now();
+                let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                tracing::warn!(error = %last.errmsg, errcode = ?last.errcode, retry_in = ?wait, "delivery waits: DingTalk refuses the app for now");
+                self.count(delivery, "deferred");
+                if let Err(e) = self.store.defer(&delivery.id, at, &last, now).await {
+                    tracing::error!(error = %e, "could not defer the delivery; its lease will expire");
+                }
+            }
             // The client already refreshed the token and retried once.
             Disposition::RefreshToken | Disposition::Permanent => {
                 self.failed(delivery, last).await;

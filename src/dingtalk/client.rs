@@ -26,7 +26,21 @@ struct App {
     limiter: RateLimiter,
 }
 
+/// A pause of calls to DingTalk.
+#[derive(Debug, Clone)]
+struct Pause {
+    until: Instant,
+    reason: &'static str,
+    detail: String,
+}
+
+/// The key of a pause that stops every app (an IP ban applies to the whole relay).
+const EVERY_APP: &str = "*";
+/// How long DingTalk bans an IP that called too often.
+const IP_BAN_WAIT: Duration = Duration::from_secs(300);
+
 struct Inner {
+    pauses: std::sync::Mutex<HashMap<String, Pause>>,
     http: reqwest::Client,
     base_url: String,
     apps: HashMap<String, App>,
@@ -77,6 +91,7 @@ impl DingTalkClient {
             .collect();
         Ok(Self {
             inner: Arc::new(Inner {
+                pauses: std::sync::Mutex::new(HashMap::new()),
                 http,
                 base_url: settings.base_url.trim_end_matches('/').to_owned(),
                 apps,
@@ -239,6 +254,112 @@ impl DingTalkClient {
         self.token(app).await.map(|_| ())
     }
 
+    /// What currently stops deliveries (for `/readyz`): one line per paused app.
+    pub fn problems(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut problems: Vec<String> = self
+            .pauses()
+            .iter()
+            .filter(|(_, p)| p.until > now)
+            .map(|(app, p)| {
+                format!(
+                    "dingtalk app {app}: {} ({}); deliveries wait {}s",
+                    p.reason,
+                    p.detail,
+                    (p.until - now).as_secs()
+                )
+            })
+            .collect();
+        problems.sort();
+        problems
+    }
+
+    fn pauses(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pause>> {
+        self.inner.pauses.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pause that stops calls for `app` now, if any.
+    fn paused(&self, app: &str) -> Result<()> {
+        let now = Instant::now();
+        let pauses = self.pauses();
+        for key in [app, EVERY_APP] {
+            if let Some(p) = pauses.get(key)
+                && p.until > now
+            {
+                return Err(Error::Paused {
+                    reason: format!("{}: {}", p.reason, p.detail),
+                    wait: p.until - now,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn pause(&self, app: &str, reason: &'static str, wait: Duration, detail: String) {
+        tracing::warn!(app, reason, wait = ?wait, detail, "pausing calls to DingTalk");
+        self.inner
+            .metrics
+            .dingtalk_paused
+            .with_label_values(&[app, reason])
+            .set(1);
+        self.pauses().insert(
+            app.to_owned(),
+            Pause {
+                until: Instant::now() + wait,
+                reason,
+                detail,
+            },
+        );
+    }
+
+    /// DingTalk answered `app` normally: whatever paused it is over.
+    fn resume(&self, app: &str) {
+        let mut pauses = self.pauses();
+        for key in [app, EVERY_APP] {
+            if let Some(p) = pauses.remove(key) {
+                tracing::info!(app = key, reason = p.reason, "calls to DingTalk resumed");
+                self.inner
+                    .metrics
+                    .dingtalk_paused
+                    .with_label_values(&[key, p.reason])
+                    .set(0);
+            }
+        }
+    }
+
+    /// Records what an answer means for later calls: quota used up, credentials refused, IP
+    /// banned, or all well.
+    fn learn<T>(&self, app: &str, result: &Result<T>) {
+        match result {
+            Ok(_) => self.resume(app),
+            Err(e @ Error::Api { code: 90020, .. }) => {
+                self.pause(
+                    app,
+                    "quota_exhausted",
+                    super::error::QUOTA_WAIT,
+                    e.to_string(),
+                );
+            }
+            Err(
+                e @ Error::InvalidBody {
+                    ip_banned: true, ..
+                },
+            ) => self.pause(EVERY_APP, "ip_banned", IP_BAN_WAIT, e.to_string()),
+            Err(e @ Error::Api { api, .. })
+                if *api == api::GETTOKEN
+                    && matches!(e.disposition(true), Disposition::Defer(_)) =>
+            {
+                self.pause(
+                    app,
+                    "credentials_refused",
+                    super::error::CREDENTIALS_WAIT,
+                    e.to_string(),
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Forgets cached tokens and templates (after a configuration reload).
     pub fn clear_caches(&self) {
         self.inner.tokens.clear();
@@ -323,6 +444,26 @@ impl DingTalkClient {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        self.paused(app)?;
+        let result = self
+            .call_with_token_unpaused(app, api, path, body, before_send)
+            .await;
+        self.learn(app, &result);
+        result
+    }
+
+    async fn call_with_token_unpaused<F, Fut>(
+        &self,
+        app: &str,
+        api: &'static str,
+        path: &str,
+        body: &Value,
+        before_send: F,
+    ) -> Result<Value>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let url = format!("{}{path}", self.inner.base_url);
         let mut token = self.token(app).await?;
         for attempt in 0..2 {
@@ -364,7 +505,7 @@ impl DingTalkClient {
             Err(Error::Http { .. }) => "http_error",
             Err(Error::InvalidBody { .. }) => "invalid_body",
             Err(Error::Connect { .. } | Error::NoAnswer { .. }) => "transport",
-            Err(Error::Config(_)) => "config",
+            Err(Error::Config(_) | Error::Paused { .. }) => "config",
         };
         m.dingtalk_requests.with_label_values(&[api, outcome]).inc();
         result
@@ -385,10 +526,11 @@ impl DingTalkClient {
         if status != 200 {
             return Err(Error::Http { api, status });
         }
+        // DingTalk answers an IP it bans with an HTML page instead of JSON (about 5 minutes).
         let body: Value = serde_json::from_slice(&bytes).map_err(|_| Error::InvalidBody {
             api,
             detail: snippet(&bytes),
-            ip_banned: false,
+            ip_banned: true,
         })?;
         check_body(api, &body)?;
         Ok(body)

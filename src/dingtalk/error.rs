@@ -56,15 +56,34 @@ pub enum Error {
         /// errmsg / sub_msg.
         message: String,
     },
+    /// The relay is not calling DingTalk for this app for a while (monthly quota used up,
+    /// credentials refused, IP banned): nothing was sent.
+    #[error("not sent: {reason} (for {}s more)", .wait.as_secs())]
+    Paused {
+        /// Why, as the pause was recorded.
+        reason: String,
+        /// How long the pause still lasts.
+        wait: Duration,
+    },
     /// The relay's configuration does not fit (app unknown, secret missing, template field
     /// missing or not text).
     #[error("{0}")]
     Config(String),
 }
 
+/// How long deliveries wait, without spending attempts, while an app's credentials are
+/// refused by gettoken (an operator fixes the secret and reloads).
+pub const CREDENTIALS_WAIT: Duration = Duration::from_secs(60);
+/// How long deliveries wait while the organisation's monthly quota is exhausted (90020)
+/// before one of them probes again.
+pub const QUOTA_WAIT: Duration = Duration::from_secs(3600);
+
 /// What to do after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
+    /// Not this delivery's fault (the app's credentials, the monthly quota): wait this long
+    /// without spending an attempt.
+    Defer(Duration),
     /// Rejected for sure, and worth another try later.
     Retry,
     /// The token was refused: refresh it and retry once.
@@ -88,11 +107,18 @@ impl Error {
     /// list) can be retried after an unanswered request; report/create cannot.
     pub fn disposition(&self, idempotent: bool) -> Disposition {
         match self {
+            Self::Paused { wait, .. } => Disposition::Defer(*wait),
             Self::Connect { .. } | Self::InvalidBody { .. } => Disposition::Retry,
             Self::NoAnswer { .. } if idempotent => Disposition::Retry,
             Self::NoAnswer { .. } => Disposition::Ambiguous,
             Self::Http { status, .. } if *status >= 500 || *status == 429 => Disposition::Retry,
             Self::Http { .. } => Disposition::Permanent,
+            Self::Api {
+                api: super::api::GETTOKEN,
+                code,
+                ..
+            } if !RETRY_ERRCODES.contains(code) => Disposition::Defer(CREDENTIALS_WAIT),
+            Self::Api { code: 90020, .. } => Disposition::Defer(QUOTA_WAIT),
             Self::Api { code, .. } if TOKEN_ERRCODES.contains(code) => Disposition::RefreshToken,
             Self::Api { code, .. } if RETRY_ERRCODES.contains(code) => Disposition::Retry,
             Self::Api { .. } | Self::Config(_) => Disposition::Permanent,
@@ -116,13 +142,42 @@ impl Error {
         }
     }
 
-    /// A short errmsg for the delivery record.
+    /// A short errmsg for the delivery record, with what to do for errors an operator must
+    /// fix.
     pub fn message(&self) -> String {
         match self {
-            Self::Api { message, .. } => message.clone(),
+            Self::Api {
+                api, code, message, ..
+            } => match hint(api, *code) {
+                Some(hint) => format!("{message} — {hint}"),
+                None => message.clone(),
+            },
             other => other.to_string(),
         }
     }
+}
+
+/// What an operator should do about an errcode, where the fix is known.
+fn hint(api: &str, code: i64) -> Option<&'static str> {
+    Some(match (api, code) {
+        (super::api::TEMPLATE_GETBYNAME | super::api::REPORT_LIST, 60011) => {
+            "the app lacks a permission: grant it qyapi_report_statistics and qyapi_report_query (日志统计/查询) in the DingTalk developer console"
+        }
+        (_, 60011) => {
+            "the app lacks the permission qyapi_report_manage (员工日志数据管理权限): grant it in the DingTalk developer console"
+        }
+        (_, 60020) => "the relay's egress IP is not in the app's server IP whitelist",
+        (_, 90020) => {
+            "the organisation's monthly API quota is used up: sending pauses and resumes when DingTalk accepts calls again (next month or after an upgrade)"
+        }
+        (_, 40096 | 40089) => {
+            "DingTalk refused the app key or secret: fix dingtalk.apps.*.app_key/app_secret and reload; deliveries wait meanwhile"
+        }
+        (_, 33012 | 40003 | 60121 | 50002) => {
+            "the userid is not a member the app can see: check routes.*.author, users and to_userids"
+        }
+        _ => return None,
+    })
 }
 
 /// Parses an errcode that DingTalk may send as a number or a string.
@@ -244,7 +299,7 @@ mod tests {
             (90004, Permanent),
             (90017, Permanent),
             (90019, Permanent),
-            (90020, Permanent),
+            (90020, Defer(QUOTA_WAIT)),
             (123456, Permanent),
         ];
         for (code, expected) in table {
@@ -262,6 +317,33 @@ mod tests {
             let as_string = classify(json!({"errcode": code.to_string(), "errmsg": "x"}));
             assert_eq!(as_string, (Some(*code), *expected), "string {code}");
         }
+    }
+
+    #[test]
+    fn gettoken_refusals_defer_and_hints_name_the_fix() {
+        let refused = check_body(
+            "gettoken",
+            &json!({"errcode": 40096, "errmsg": "不合法的appKey或appSecret"}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            refused.disposition(true),
+            Disposition::Defer(CREDENTIALS_WAIT)
+        );
+        assert!(
+            refused.message().contains("app_secret"),
+            "{}",
+            refused.message()
+        );
+        let busy = check_body("gettoken", &json!({"errcode": -1, "errmsg": "busy"})).unwrap_err();
+        assert_eq!(busy.disposition(true), Disposition::Retry);
+        let permission = check_body(
+            "report_create",
+            &json!({"errcode": 88, "sub_code": "60011", "sub_msg": "应用尚未开通所需的权限：[qyapi_report_manage]"}),
+        )
+        .unwrap_err();
+        assert!(permission.message().contains("qyapi_report_manage"));
+        assert_eq!(permission.disposition(false), Disposition::Permanent);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -36,6 +37,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/healthz", get(health_check))
         .route("/readyz", get(readiness))
         .route("/sandbox/reports", get(sandbox_reports))
+        .route("/openapi.json", get(super::openapi::document))
         .merge(api)
 }
 
@@ -107,8 +109,13 @@ async fn readiness(State(state): State<AppState>) -> Response {
         )),
         Ok(_) => None,
     };
+    // DingTalk refusing an app (credentials, quota, IP ban) does not make the relay unready:
+    // webhooks are still stored and delivered once DingTalk accepts calls again. It is said
+    // here, and in dingtalk_relay_dingtalk_paused.
+    let warnings = state.runtime.load().client.problems();
     match reason {
-        None => Json(json!({"status": "ready"})).into_response(),
+        None if warnings.is_empty() => Json(json!({"status": "ready"})).into_response(),
+        None => Json(json!({"status": "ready", "warnings": warnings})).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not_ready", "reason": reason})),
@@ -141,6 +148,12 @@ pub fn delivery_json(d: &Delivery) -> Value {
     })
 }
 
+/// The `{id}` path segment; one that is not UTF-8 names no delivery (404, not axum's text 400).
+fn delivery_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    id.map(|Path(id)| id)
+        .map_err(|_| ApiError::not_found("no delivery with that id (it is not valid UTF-8)"))
+}
+
 fn store_error(e: crate::store::Error) -> ApiError {
     tracing::error!(error = %e, "store error on the admin API");
     ApiError::unavailable("the store is unavailable", 5)
@@ -148,8 +161,9 @@ fn store_error(e: crate::store::Error) -> ApiError {
 
 async fn get_delivery(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let id = delivery_id(id)?;
     match state.store.get(&id).await.map_err(store_error)? {
         Some(d) => Ok(Json(delivery_json(&d))),
         None => Err(ApiError::not_found(format!("no delivery {id:?}"))),
@@ -164,8 +178,17 @@ struct ListQuery {
 
 async fn list_deliveries(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // Both fields are optional strings, so only a repeated parameter fails to deserialize.
+    let Query(query) = query.map_err(|e| {
+        let field = if e.body_text().contains("`limit`") {
+            "limit"
+        } else {
+            "state"
+        };
+        ApiError::bad_request(format!("{field}: give it at most once"), field)
+    })?;
     let filter = match query.state.as_deref() {
         None | Some("") => None,
         Some(name) => Some(DeliveryState::parse(name).ok_or_else(|| {
@@ -195,8 +218,9 @@ async fn list_deliveries(
 
 async fn retry_delivery(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let id = delivery_id(id)?;
     match state
         .store
         .retry(&id, chrono::Utc::now())

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod openapi;
 pub mod webhook;
 
 use std::time::Duration;

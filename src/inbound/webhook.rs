@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -136,15 +137,24 @@ fn parse_wait(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
     Ok(None)
 }
 
-#[tracing::instrument(skip_all, fields(route = %route_name))]
+/// The `{route}` segment; one that is not UTF-8 names no route, so it answers 404 like any
+/// unknown route instead of axum's plain-text 400.
+fn route_param(route: &Result<Path<String>, PathRejection>) -> &str {
+    route
+        .as_ref()
+        .map_or("<not UTF-8>", |Path(name)| name.as_str())
+}
+
+#[tracing::instrument(skip_all, fields(route = %route_param(&route)))]
 async fn receive_webhook(
     State(state): State<AppState>,
-    Path(route_name): Path<String>,
+    route: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let route_name = route_param(&route).to_owned();
     let label = if state.settings().routes.contains_key(&route_name) {
         route_name.as_str()
     } else {

@@ -332,6 +332,11 @@ impl FakeDingTalk {
         self.inner.qps_rejections.load(Ordering::SeqCst)
     }
 
+    /// Every access token issued so far (tests check that none leaks into output).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.ledger().tokens.keys().cloned().collect()
+    }
+
     /// Every issued token becomes unknown (next use → 88/40014); the next `gettoken`
     /// issues a new one.
     pub fn invalidate_tokens(&self) {

@@ -165,6 +165,23 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn defer(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.update(id, now, |d| {
+            d.state = State::Queued;
+            d.attempts = d.attempts.saturating_sub(1);
+            d.next_attempt_at = Some(at);
+            d.last_error = Some(error.clone());
+            d.sending_since = None;
+        });
+        Ok(())
+    }
+
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
         self.update(id, now, |d| {
             d.state = State::Failed;

@@ -192,6 +192,15 @@ pub trait Store: Send + Sync + 'static {
         sending_since: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// Back to the queue until `at` without spending the attempt (the cause is not this
+    /// delivery's: the app's credentials, the monthly quota), keeping the error.
+    async fn defer(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     /// Given up.
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()>;
     /// Returns a claimed delivery unworked (shutdown): queued again, the attempt not counted.

@@ -258,6 +258,29 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn defer(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
+             next_attempt_at = $1, last_errcode = $2, last_errmsg = $3, sending_since = NULL, \
+             lease_until = NULL, updated_at = $4 WHERE id = $5",
+        )
+        .bind(ms(at))
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, last_errcode = $1, \

@@ -322,6 +322,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn defer(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = MAX(attempts - 1, 0), \
+             next_attempt_at = ?, last_errcode = ?, last_errmsg = ?, sending_since = NULL, \
+             lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "UPDATE deliveries SET state = 'failed', next_attempt_at = NULL, last_errcode = ?, \

@@ -15,7 +15,6 @@ async fn transient_errors_are_retried_until_delivered() {
         ("qps bare", Fault::Errcode(90018)),
         ("org too often", Fault::Wrapped("90005".to_owned())),
         ("gateway 502", Fault::Http(502)),
-        ("html page", Fault::NonJson),
     ];
     for (label, fault) in cases {
         // Arrange
@@ -47,7 +46,6 @@ async fn permanent_errors_fail_at_once_with_the_errcode_kept() {
         ("no permission", Fault::Wrapped("60011".to_owned()), 60011),
         ("bad param", Fault::Errcode(400002), 400002),
         ("no such user", Fault::Errcode(60121), 60121),
-        ("monthly quota", Fault::Errcode(90020), 90020),
         ("unknown code", Fault::Errcode(777777), 777777),
     ];
     for (label, fault, code) in cases {
@@ -67,6 +65,163 @@ async fn permanent_errors_fail_at_once_with_the_errcode_kept() {
         );
         app.stop().await;
     }
+}
+
+/// The delivery's next attempt time, in seconds from now.
+fn next_attempt_in(delivery: &serde_json::Value) -> i64 {
+    let at = delivery["next_attempt_at"]
+        .as_str()
+        .expect("next_attempt_at");
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time");
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds()
+}
+
+#[tokio::test]
+async fn ip_throttling_backs_off_for_minutes_and_stops_all_calls() {
+    for fault in [Fault::NonJson, Fault::IpBan] {
+        // Arrange
+        let app = spawn_app_with(TestConfig {
+            template: ID_TEMPLATE.to_owned(),
+            ..TestConfig::default()
+        })
+        .await;
+        app.fake.push_create_fault(fault.clone());
+        // Act
+        let first = app.accept(&job_status_n(1)).await;
+        assert!(
+            poll_until(Duration::from_secs(5), || async {
+                app.delivery(&first).await["state"] == "queued"
+                    && app.delivery(&first).await["attempts"] == 1
+            })
+            .await
+        );
+        let second = app.accept(&job_status_n(2)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Assert: minutes, not seconds; and no further call while banned.
+        let delivery = app.delivery(&first).await;
+        assert!(next_attempt_in(&delivery) >= 240, "{fault:?}: {delivery}");
+        assert_eq!(app.fake.create_calls(), 1, "{fault:?}");
+        let waiting = app.delivery(&second).await;
+        assert_eq!(waiting["state"], "queued", "{fault:?}: {waiting}");
+        assert!(next_attempt_in(&waiting) >= 240, "{fault:?}: {waiting}");
+        let metrics = app.metrics().await;
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "dingtalk_relay_dingtalk_paused",
+                &[("app", "*"), ("reason", "ip_banned")]
+            ),
+            1.0,
+            "{fault:?}"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_exhausted_monthly_quota_pauses_sending_instead_of_failing() {
+    // Arrange
+    let app = spawn_app_with(TestConfig {
+        template: ID_TEMPLATE.to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    app.fake.push_create_fault(Fault::Errcode(90020));
+    // Act
+    let first = app.accept(&job_status_n(1)).await;
+    assert!(
+        poll_until(Duration::from_secs(5), || async {
+            app.delivery(&first).await["last_error"]["errcode"] == 90020
+        })
+        .await
+    );
+    let second = app.accept(&job_status_n(2)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Assert: queued for about an hour, no attempt spent, nothing more sent, visible.
+    let delivery = app.delivery(&first).await;
+    assert_eq!(delivery["state"], "queued", "{delivery}");
+    assert_eq!(delivery["attempts"], 0, "{delivery}");
+    assert!(next_attempt_in(&delivery) >= 3000, "{delivery}");
+    assert!(
+        delivery["last_error"]["errmsg"]
+            .as_str()
+            .unwrap()
+            .contains("quota")
+    );
+    assert_eq!(app.delivery(&second).await["state"], "queued");
+    assert_eq!(app.fake.create_calls(), 1);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_dingtalk_paused",
+            &[("app", "default"), ("reason", "quota_exhausted")]
+        ),
+        1.0
+    );
+    let ready: serde_json::Value = app.get_admin("/readyz").await.json().await.unwrap();
+    assert!(
+        ready["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("quota_exhausted"),
+        "{ready}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_permission_error_names_the_missing_permission() {
+    let app = spawn_app().await;
+    app.fake
+        .push_create_fault(Fault::Wrapped("60011".to_owned()));
+    let id = app.accept(&job_status()).await;
+    let delivery = app.wait_for_state(&id, "failed").await;
+    let errmsg = delivery["last_error"]["errmsg"].as_str().unwrap();
+    assert!(errmsg.contains("qyapi_report_manage"), "{errmsg}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_total_outage_then_recovery_delivers_everything_exactly_once() {
+    // Arrange: DingTalk fails every way it can for a while.
+    let app = spawn_app_with(TestConfig {
+        template: ID_TEMPLATE.to_owned(),
+        timeout: "1s",
+        max_attempts: 100,
+        ..TestConfig::default()
+    })
+    .await;
+    for fault in [
+        Fault::Http(503),
+        Fault::Errcode(-1),
+        Fault::Http(502),
+        Fault::HangWithoutCommit(Duration::from_millis(1500)),
+        Fault::Wrapped("90018".to_owned()),
+        Fault::Http(500),
+    ] {
+        app.fake.push_create_fault(fault);
+    }
+    // Act
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(app.accept(&job_status_n(n)).await);
+    }
+    // Assert
+    for id in &ids {
+        app.wait_for_state(id, "delivered").await;
+    }
+    assert_eq!(app.fake.reports().len(), 6);
+    let mut runs: Vec<String> = app
+        .fake
+        .reports()
+        .iter()
+        .map(|r| r.contents[0].content.clone())
+        .collect();
+    runs.sort();
+    runs.dedup();
+    assert_eq!(runs.len(), 6, "a report was doubled");
+    app.stop().await;
 }
 
 #[tokio::test]

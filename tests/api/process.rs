@@ -338,3 +338,175 @@ async fn sighup_reloads_the_configuration_file() {
     assert!(reloaded, "the route never appeared after SIGHUP");
     assert!(fake.create_calls() <= 1);
 }
+
+#[tokio::test]
+async fn no_secret_or_token_appears_in_any_output_of_a_full_run() {
+    // Arrange: every kind of secret, given through the environment as operators do.
+    let dir = tempfile::tempdir().unwrap();
+    let options = FakeOptions {
+        app_secret: "APP-SECRET-7f3a9c".to_owned(),
+        ..FakeOptions::default()
+    };
+    let (fake, base_url) = FakeDingTalk::spawn(options.clone()).await.unwrap();
+    let store_url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let config = write_config(dir.path(), &base_url, &options, &store_url);
+    // The file holds other values; the environment wins.
+    let route_secret = "ROUTE-SECRET-51be02";
+    let admin_token = "ADMIN-TOKEN-c0ffee";
+    let env = [
+        (
+            "DINGTALK_RELAY__DINGTALK__APPS__DEFAULT__APP_SECRET",
+            "APP-SECRET-7f3a9c",
+        ),
+        ("DINGTALK_RELAY__ROUTES__CI__SECRET", route_secret),
+        ("DINGTALK_RELAY__SERVER__ADMIN_TOKEN", admin_token),
+        ("RUST_LOG", "debug"),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let collect = |pipe: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let err_lines = collect(Box::new(stderr));
+    let out_lines = collect(Box::new(stdout));
+    let mut output = Vec::new();
+    let (port, admin_port) = loop {
+        let line = err_lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the relay logs its ports");
+        let parsed: Option<Value> = serde_json::from_str(&line).ok();
+        output.push(line);
+        if let Some(v) = parsed
+            && v["message"] == "dingtalk-relay listening"
+        {
+            break (
+                v["port"].as_u64().unwrap(),
+                v["admin_port"].as_u64().unwrap(),
+            );
+        }
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let http = reqwest::Client::new();
+    let mut bodies = Vec::new();
+
+    // Act: good and bad webhooks, a token refresh, a failing create, every admin endpoint.
+    fake.push_create_fault(dingtalk_relay::sandbox::Fault::Wrapped("60011".to_owned()));
+    for (n, auth) in [(1, route_secret), (2, route_secret), (3, "wrong")].into_iter() {
+        let r = http
+            .post(format!("{base}/v1/hooks/ci"))
+            .bearer_auth(auth)
+            .json(&job_status_n(n))
+            .send()
+            .await
+            .unwrap();
+        bodies.push(r.text().await.unwrap());
+    }
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            fake.reports().len() == 1
+        })
+        .await
+    );
+    let first_tokens = fake.issued_tokens();
+    fake.invalidate_tokens();
+    let r = http
+        .post(format!("{base}/v1/hooks/ci?wait=5"))
+        .bearer_auth(route_secret)
+        .json(&job_status_n(4))
+        .send()
+        .await
+        .unwrap();
+    bodies.push(r.text().await.unwrap());
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/healthz",
+        "/v1/deliveries?limit=100",
+    ] {
+        for token in [Some(admin_token), None, Some("wrong")] {
+            let mut request = http.get(format!("{admin}{path}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            bodies.push(request.send().await.unwrap().text().await.unwrap());
+        }
+    }
+    // A reload that fails must not print the configuration it read.
+    let bad = std::fs::read_to_string(&config).unwrap() + "unknown_key: 1\n";
+    std::fs::write(&config, bad).unwrap();
+    let r = http
+        .post(format!("{admin}/-/reload"))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap();
+    bodies.push(r.text().await.unwrap());
+    // The offline commands with the same environment.
+    let good = write_config(dir.path(), &base_url, &options, &store_url);
+    let body_file = dir.path().join("body.json");
+    std::fs::write(&body_file, job_status().to_string()).unwrap();
+    for args in [
+        vec!["render", "--route", "ci", "--body"],
+        vec!["check-config"],
+        vec!["check-config", "--online"],
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"));
+        command.args(&args);
+        if args[0] == "render" {
+            command.arg(&body_file);
+        }
+        let result = command
+            .arg("--config")
+            .arg(&good)
+            .envs(env)
+            .output()
+            .unwrap();
+        bodies.push(String::from_utf8_lossy(&result.stdout).into_owned());
+        bodies.push(String::from_utf8_lossy(&result.stderr).into_owned());
+    }
+    child.kill().ok();
+    let _ = child.wait();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    output.extend(err_lines.try_iter());
+    output.extend(out_lines.try_iter());
+
+    // Assert
+    let everything = output.join("\n") + &bodies.join("\n");
+    assert!(
+        everything.contains("report created"),
+        "the run did its work"
+    );
+    let mut secrets = vec![
+        "APP-SECRET-7f3a9c".to_owned(),
+        route_secret.to_owned(),
+        admin_token.to_owned(),
+    ];
+    secrets.extend(first_tokens);
+    secrets.extend(fake.issued_tokens());
+    assert!(
+        secrets.len() >= 5,
+        "two tokens were issued: {}",
+        secrets.len()
+    );
+    for secret in &secrets {
+        assert!(
+            !everything.contains(secret.as_str()),
+            "a secret leaked: {secret}"
+        );
+    }
+}

@@ -83,7 +83,7 @@ async fn a_token_error_that_persists_after_one_refresh_fails_the_delivery() {
 }
 
 #[tokio::test]
-async fn wrong_app_credentials_fail_with_the_errcode_kept() {
+async fn refused_app_credentials_make_deliveries_wait_and_readyz_say_so() {
     let mut config = TestConfig {
         template: ID_TEMPLATE.to_owned(),
         ..TestConfig::default()
@@ -94,9 +94,34 @@ async fn wrong_app_credentials_fail_with_the_errcode_kept() {
     config.fake.app_secret = "not-the-secret".to_owned();
     let app = spawn_app_on(config, fake, base_url).await;
     let id = app.accept(&job_status()).await;
-    let delivery = app.wait_for_state(&id, "failed").await;
-    assert_eq!(delivery["last_error"]["errcode"], 40096);
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || async {
+            app.delivery(&id).await["last_error"]["errcode"] == 40096
+        })
+        .await
+    );
+    // Waiting, not failed, and no attempt spent.
+    let delivery = app.delivery(&id).await;
+    assert_eq!(delivery["state"], "queued", "{delivery}");
+    assert_eq!(delivery["attempts"], 0, "{delivery}");
+    assert!(
+        delivery["last_error"]["errmsg"]
+            .as_str()
+            .unwrap()
+            .contains("app_secret")
+    );
     assert_eq!(app.fake.create_calls(), 0);
+    // Ready (webhooks are still taken), with the reason.
+    let ready = app.get_admin("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert!(
+        ready["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("credentials_refused"),
+        "{ready}"
+    );
     let metrics = app.metrics().await;
     assert!(
         metric_value(
@@ -105,7 +130,15 @@ async fn wrong_app_credentials_fail_with_the_errcode_kept() {
             &[("outcome", "error")]
         ) >= 1.0
     );
-    // The secret never shows in the API.
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_dingtalk_paused",
+            &[("app", "default"), ("reason", "credentials_refused")]
+        ),
+        1.0
+    );
+    // The secret never shows in the API or the metrics.
     let text = app
         .get_admin(&format!("/v1/deliveries/{id}"))
         .await
@@ -113,5 +146,6 @@ async fn wrong_app_credentials_fail_with_the_errcode_kept() {
         .await
         .unwrap();
     assert!(!text.contains("not-the-secret"));
+    assert!(!metrics.contains("not-the-secret"));
     app.stop().await;
 }
