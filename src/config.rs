@@ -98,6 +98,9 @@ pub struct ServerSettings {
     /// Longest time one HTTP request may take before it is answered 503/408.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Most webhook requests in progress at once; more get 503 with `Retry-After` at once.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
 }
 
 /// `dingtalk.*`
@@ -337,6 +340,9 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(40)
+}
+fn default_max_concurrent_requests() -> usize {
+    1024
 }
 fn default_base_url() -> String {
     "https://oapi.dingtalk.com".to_owned()

@@ -149,7 +149,8 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
             .expect("webhook sent");
     }
 
-    // Wait until every accepted delivery is settled: 2 failed, 1 delivered.
+    // Wait until every accepted delivery is settled: 60011 failed, 90020 deferred (the quota
+    // pause keeps it queued), 1 delivered.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let scrape = loop {
         let scrape = http
@@ -160,8 +161,9 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
             .text()
             .await
             .expect("scrape body");
-        let settled = scrape.contains("dingtalk_relay_queue_depth 0")
-            && scrape.contains(r#"dingtalk_relay_deliveries_total{outcome="failed",route="ci"} 2"#)
+        let settled = scrape.contains("dingtalk_relay_queue_depth 1")
+            && scrape.contains(r#"dingtalk_relay_deliveries_total{outcome="failed",route="ci"} 1"#)
+            && scrape.contains(r#"dingtalk_relay_deliveries_total{outcome="deferred",route="ci"} 1"#)
             && scrape
                 .contains(r#"dingtalk_relay_deliveries_total{outcome="delivered",route="ci"} 1"#);
         if settled {

@@ -10,11 +10,14 @@ pub mod webhook;
 
 use std::time::Duration;
 
-use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum::{BoxError, Router};
 use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::ApiError;
 
@@ -22,7 +25,9 @@ use crate::state::AppState;
 
 /// The webhook listener's router.
 pub fn router(state: AppState) -> Router {
-    let timeout = state.settings().server.request_timeout;
+    let settings = state.settings();
+    let timeout = settings.server.request_timeout;
+    let max_concurrent = settings.server.max_concurrent_requests.max(1);
     webhook::routes()
         .fallback(|| async { ApiError::not_found("only POST /v1/hooks/{route} is served here") })
         .layer(axum::middleware::from_fn_with_state(
@@ -33,7 +38,28 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             timeout + Duration::from_secs(5),
         ))
+        // Beyond the cap, answer 503 at once rather than queueing without bound.
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::unavailable("too many requests in progress; try again shortly", 1)
+                }))
+                .load_shed()
+                .concurrency_limit(max_concurrent),
+        )
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// A handler panicked: answer the one JSON 500 and keep serving (the panic is logged).
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "a request handler panicked");
+    ApiError::internal("internal error; the request was not processed").into_response()
 }
 
 /// The admin listener's router.
@@ -44,6 +70,7 @@ pub fn admin_router(state: AppState) -> Router {
             (state.clone(), "admin"),
             track,
         ))
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }
 
@@ -69,4 +96,42 @@ async fn track(
         .with_label_values(&[listener, &path])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_the_json_500_and_the_router_keeps_serving() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let empty: Vec<u8> = Vec::new();
+                    // An index out of bounds, as a bug in a handler would be.
+                    empty[usize::from(empty.is_empty())].to_string()
+                }),
+            )
+            .route("/ok", get(|| async { "ok" }))
+            .layer(CatchPanicLayer::custom(panic_response));
+        let boom = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(boom.status(), 500);
+        let body = boom.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        let ok = app
+            .oneshot(Request::get("/ok").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+    }
 }

@@ -31,6 +31,7 @@ pub struct TestConfig {
     pub max_queued: u64,
     /// More routes (YAML under `routes:`, indented 2 spaces).
     pub extra_routes: String,
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for TestConfig {
@@ -48,6 +49,7 @@ impl Default for TestConfig {
             lease: "10s",
             max_queued: 1000,
             extra_routes: String::new(),
+            max_concurrent_requests: 1024,
         }
     }
 }
@@ -76,6 +78,7 @@ server:
   admin_listen: "127.0.0.1:0"
   max_body_bytes: {max_body}
   admin_token: {admin_token}
+  max_concurrent_requests: {max_concurrent}
 dingtalk:
   base_url: "{base_url}"
   timeout: {timeout}
@@ -122,6 +125,7 @@ routes:
         lease = config.lease,
         max_queued = config.max_queued,
         extra_routes = config.extra_routes,
+        max_concurrent = config.max_concurrent_requests,
     )
 }
 

@@ -386,3 +386,81 @@ async fn wait_answers_202_when_time_is_up() {
     assert_eq!(answer["status"], "queued");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_cap_get_503_at_once() {
+    // Arrange: room for two requests; two ?wait requests hold their slots while DingTalk is slow.
+    let app = spawn_app_with(TestConfig {
+        max_concurrent_requests: 2,
+        ..TestConfig::default()
+    })
+    .await;
+    app.fake.set_latency(std::time::Duration::from_secs(2));
+    let (body1, body2) = (job_status_n(1), job_status_n(2));
+    let (first, second, third) = tokio::join!(
+        app.post_hook("ci?wait=3", &body1),
+        app.post_hook("ci?wait=3", &body2),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            app.post_hook("ci", &job_status_n(3)).await
+        }
+    );
+    // Assert: the third was shed at once with Retry-After; the two held ones were stored.
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    assert!(first.status().is_success() && second.status().is_success());
+    app.fake.set_latency(std::time::Duration::ZERO);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_4xx_never_5xx() {
+    let app = spawn_app_with(TestConfig {
+        max_body_bytes: 1_048_576,
+        ..TestConfig::default()
+    })
+    .await;
+    let deep = format!(
+        "{{\"type\":\"job_status\",\"status\":\"success\",\"job\":{}1{}}}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("deep nesting", deep.into_bytes(), &[400]),
+        (
+            "huge number",
+            br#"{"type":"job_status","job":"b","status":"success","duration_secs":1e400}"#.to_vec(),
+            &[400],
+        ),
+        (
+            "huge integer",
+            br#"{"type":"job_status","job":"b","status":"success","duration_secs":123456789012345678901234567890}"#.to_vec(),
+            &[400, 202],
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"type\":\"job_status\",\"job\":\"\xff\xfe\",\"status\":\"success\"}".to_vec(),
+            &[400],
+        ),
+        (
+            "duplicate keys",
+            br#"{"type":"job_status","job":"a","job":"b","status":"success"}"#.to_vec(),
+            &[400, 202],
+        ),
+        ("empty body", Vec::new(), &[400]),
+        ("a lone string", br#""job_status""#.to_vec(), &[400]),
+        ("NUL bytes", b"{\"type\":\"job_status\",\"job\":\"a\0b\",\"status\":\"success\"}".to_vec(), &[400, 202]),
+    ];
+    for (label, body, allowed) in cases {
+        let response = app.post_raw("ci", body, &[]).await;
+        let status = response.status().as_u16();
+        assert!(allowed.contains(&status), "{label}: {status}");
+        if status == 400 {
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(answer["error"]["code"], "invalid_payload", "{label}");
+        }
+    }
+    // Still serving.
+    assert_eq!(app.get_admin("/healthz").await.status(), 200);
+    app.stop().await;
+}
