@@ -72,7 +72,7 @@ fn build() -> Value {
             "responses": shared_responses(),
             "headers": {
                 "RetryAfter": {
-                    "description": "Seconds to wait before trying again (5 when the store is unreachable, 30 when the queue is full).",
+                    "description": "Seconds to wait before trying again (5 when the store is unreachable, 30 when the queue is full, 1 when the webhook listener has `server.max_concurrent_requests` requests in progress).",
                     "required": true,
                     "schema": {"type": "integer", "minimum": 1},
                 },
@@ -225,7 +225,7 @@ fn webhook_path() -> Value {
                     false,
                 ),
                 "500": error_response(
-                    "The route's field template failed to render for this event (a configuration mistake; the detail is logged). Nothing is stored.",
+                    "The route's field template failed to render for this event (a configuration mistake; the detail is logged), or a bug (a handler panicked; either listener answers such a bug with this shape). Nothing is stored.",
                     &["internal"],
                     false,
                 ),
@@ -241,7 +241,7 @@ fn webhook_path() -> Value {
 
 fn webhook_description() -> String {
     format!(
-        "Checks, in order: the route exists (404), the size (413), authentication (401), `?wait=` (400), the content type (415), the payload (400), the route's filters (`200 ignored`), then stores the delivery durably (`202 queued`, or `200 duplicate`, or `503` + `Retry-After` when the store is unreachable or holds `store.max_queued` waiting deliveries). With `?wait=SECONDS` (at most {MAX_WAIT_SECS}) the answer is held until the report exists (`201`), failed for good (`502`) or the time is up (`202`).\n\nSources and their headers: `github` (`X-GitHub-Event`, `X-Hub-Signature-256`), `gitlab` (`X-Gitlab-Event`, `X-Gitlab-Token`), `gitea`/`forgejo`, `jenkins`, `circleci`, `buildkite`, `drone`, `azure-devops`, `bitbucket` — see the README's CI systems table. A request that takes longer than `server.request_timeout` + 5 s is cut off with a bare `503` (no body)."
+        "Checks, in order: the route exists (404), the size (413), authentication (401), `?wait=` (400), the content type (415), the payload (400), the route's filters (`200 ignored`), then stores the delivery durably (`202 queued`, or `200 duplicate`, or `503` + `Retry-After` when the store is unreachable or holds `store.max_queued` waiting deliveries). Beyond `server.max_concurrent_requests` requests in progress, `503` + `Retry-After` is answered at once. With `?wait=SECONDS` (at most {MAX_WAIT_SECS}) the answer is held until the report exists (`201`), failed for good (`502`) or the time is up (`202`).\n\nSources and their headers: `github` (`X-GitHub-Event`, `X-Hub-Signature-256`), `gitlab` (`X-Gitlab-Event`, `X-Gitlab-Token`), `gitea`/`forgejo`, `jenkins`, `circleci`, `buildkite`, `drone`, `azure-devops`, `bitbucket` — see the README's CI systems table. A request that takes longer than `server.request_timeout` + 5 s is cut off with a bare `503` (no body)."
     )
 }
 
@@ -501,7 +501,7 @@ fn shared_responses() -> Value {
         ),
         "DeliveryNotFound": error_response("No delivery with that id.", &["not_found"], false),
         "Unavailable": error_response(
-            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries; nothing was accepted. Try again after `Retry-After` seconds.",
+            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries, or (webhooks) `server.max_concurrent_requests` requests are already in progress; nothing was accepted. Try again after `Retry-After` seconds.",
             &["unavailable"],
             true,
         ),
