@@ -163,7 +163,8 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
             .expect("scrape body");
         let settled = scrape.contains("dingtalk_relay_queue_depth 1")
             && scrape.contains(r#"dingtalk_relay_deliveries_total{outcome="failed",route="ci"} 1"#)
-            && scrape.contains(r#"dingtalk_relay_deliveries_total{outcome="deferred",route="ci"} 1"#)
+            && scrape
+                .contains(r#"dingtalk_relay_deliveries_total{outcome="deferred",route="ci"} 1"#)
             && scrape
                 .contains(r#"dingtalk_relay_deliveries_total{outcome="delivered",route="ci"} 1"#);
         if settled {
