@@ -399,6 +399,9 @@ fn default_field_type() -> i64 {
     1
 }
 
+/// The longest duration any setting accepts (ten years).
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// Lifecycle phases a route's `events` may name.
 pub const PHASES: [&str; 3] = ["queued", "in_progress", "completed"];
 
@@ -617,12 +620,33 @@ impl Settings {
                 "must be greater than 0".to_owned(),
             );
         }
-        if d.lease < self.dingtalk.timeout * 4 {
+        // Durations beyond ten years are typos, and would overflow time arithmetic.
+        for (key, value) in [
+            ("server.request_timeout", self.server.request_timeout),
+            ("dingtalk.timeout", self.dingtalk.timeout),
+            (
+                "dingtalk.token_refresh_margin",
+                self.dingtalk.token_refresh_margin,
+            ),
+            (
+                "dingtalk.template_cache_ttl",
+                self.dingtalk.template_cache_ttl,
+            ),
+            ("delivery.initial_backoff", d.initial_backoff),
+            ("delivery.max_backoff", d.max_backoff),
+            ("delivery.dedup_window", d.dedup_window),
+            ("delivery.lease", d.lease),
+        ] {
+            if value > MAX_DURATION {
+                push(key.to_owned(), "must be at most 3650d".to_owned());
+            }
+        }
+        if d.lease < self.dingtalk.timeout.saturating_mul(4) {
             push(
                 "delivery.lease".to_owned(),
                 format!(
                     "must be at least 4 × dingtalk.timeout ({}) so that an attempt ends before another replica may take it over",
-                    humantime::format_duration(self.dingtalk.timeout * 4)
+                    humantime::format_duration(self.dingtalk.timeout.saturating_mul(4))
                 ),
             );
         }

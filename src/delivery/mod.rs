@@ -339,7 +339,7 @@ impl Worker {
             }
             Disposition::Defer(wait) => {
                 let now = Utc::now();
-                let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                let at = later(now, wait);
                 tracing::warn!(error = %last.errmsg, errcode = ?last.errcode, retry_in = ?wait, "delivery waits: DingTalk refuses the app for now");
                 self.count(delivery, "deferred");
                 if let Err(e) = self.store.defer(&delivery.id, at, &last, now).await {
@@ -361,7 +361,7 @@ impl Worker {
         sending_since: Option<DateTime<Utc>>,
     ) {
         let now = Utc::now();
-        let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        let at = later(now, wait);
         tracing::warn!(error = %last.errmsg, errcode = ?last.errcode, retry_in = ?wait, "delivery failed; will retry");
         self.count(delivery, "retried");
         if let Err(e) = self
@@ -413,6 +413,14 @@ impl Worker {
     }
 }
 
+/// `now + wait`, saturating far in the future instead of overflowing.
+fn later(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(wait)
+        .ok()
+        .and_then(|w| now.checked_add_signed(w))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The backoff schedule, with the jitter factor given (pure, for tests).
 pub fn backoff(
     initial: Duration,
@@ -423,7 +431,9 @@ pub fn backoff(
 ) -> Duration {
     let exponent = attempt.saturating_sub(1).min(30);
     let base = initial.saturating_mul(1u32 << exponent).min(max);
-    let jittered = base.mul_f64(jitter.clamp(0.0, 2.0)).min(max);
+    let jittered = Duration::try_from_secs_f64(base.as_secs_f64() * jitter.clamp(0.0, 2.0))
+        .unwrap_or(max)
+        .min(max);
     jittered.max(at_least.unwrap_or_default())
 }
 

@@ -58,7 +58,10 @@ impl Store for MemoryStore {
         max_queued: u64,
     ) -> Result<Enqueued> {
         let mut inner = self.lock();
-        let cutoff = new.received_at - chrono_duration(dedup_window);
+        let cutoff = new
+            .received_at
+            .checked_sub_signed(chrono_duration(dedup_window))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         if let Some((id, at)) = inner.dedup.get(&new.dedup_key)
             && *at > cutoff
         {
@@ -123,7 +126,10 @@ impl Store for MemoryStore {
             d.attempts += 1;
             d.next_attempt_at = None;
             d.updated_at = now;
-            lease_until.insert(d.id.clone(), now + chrono_duration(lease));
+            let until = now
+                .checked_add_signed(chrono_duration(lease))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            lease_until.insert(d.id.clone(), until);
             claimed.push(d.clone());
         }
         Ok(claimed)
