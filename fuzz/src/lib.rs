@@ -410,9 +410,6 @@ pub fn config(data: &[u8]) {
     let Ok(settings) = Settings::from_yaml(&yaml) else {
         return;
     };
-    if skip_known_bugs(&settings) {
-        return;
-    }
     for mode in [Mode::Production, Mode::Sandbox, Mode::Offline] {
         for issue in settings.issues(mode) {
             assert!(!issue.path.is_empty(), "{issue:?}");
@@ -420,16 +417,6 @@ pub fn config(data: &[u8]) {
     }
     let _ = settings.tz();
     let _ = Mapper::new(&settings);
-}
-
-/// Settings that hit a bug already reported, so that fuzzing goes on past it. Set
-/// `FUZZ_KNOWN_BUGS=1` to run into them anyway.
-fn skip_known_bugs(settings: &Settings) -> bool {
-    if std::env::var_os("FUZZ_KNOWN_BUGS").is_some() {
-        return false;
-    }
-    // src/config.rs `issues`: `self.dingtalk.timeout * 4` overflows `Duration`.
-    settings.dingtalk.timeout.checked_mul(4).is_none()
 }
 
 // === seeds from the shared corpus ===
