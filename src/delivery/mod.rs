@@ -203,9 +203,10 @@ impl Worker {
             self.release(&delivery).await;
             return;
         }
+        // One snapshot for the whole attempt: a reload meanwhile must not mix two clients.
+        let client = self.client();
         let draft = &delivery.draft;
-        let template = match self
-            .client()
+        let template = match client
             .resolve_template(&draft.app, &draft.template, &draft.author)
             .await
         {
@@ -219,7 +220,7 @@ impl Worker {
         if let Some(since) = delivery.sending_since {
             // A previous attempt may have created the report: look before sending again.
             match self
-                .reconcile(&delivery, &template.name, &param, since)
+                .reconcile(&client, &delivery, &template.name, &param, since)
                 .await
             {
                 Some(Reconciliation::Found(report_id)) => {
@@ -236,7 +237,7 @@ impl Worker {
             self.release(&delivery).await;
             return;
         }
-        match self.client().create_report(&draft.app, &param).await {
+        match client.create_report(&draft.app, &param).await {
             Ok(report_id) => self.delivered(&delivery, &report_id).await,
             Err(e) => self.settle(&delivery, e, Some(started)).await,
         }
@@ -246,6 +247,7 @@ impl Worker {
     /// been marked failed as `ambiguous`.
     async fn reconcile(
         &self,
+        client: &DingTalkClient,
         delivery: &Delivery,
         template_name: &str,
         param: &dingtalk::CreateReportParam,
@@ -253,15 +255,8 @@ impl Worker {
     ) -> Option<Reconciliation> {
         // DingTalk's clock and ours differ a little; look a minute further back.
         let since_ms = since.timestamp_millis() - 60_000;
-        let name = (!template_name.is_empty()).then_some(template_name);
-        match self
-            .client()
-            .find_report(
-                &delivery.draft.app,
-                name.unwrap_or_default(),
-                param,
-                since_ms,
-            )
+        match client
+            .find_report(&delivery.draft.app, template_name, param, since_ms)
             .await
         {
             Ok(found) => Some(found),

@@ -20,7 +20,7 @@ use crate::config::{RouteSettings, Settings};
 use crate::delivery::{Outcome, final_outcome};
 use crate::mapping::{Mapped, Mapper, ReportDraft};
 use crate::sources;
-use crate::state::AppState;
+use crate::state::{AppState, Runtime};
 use crate::store::{self, Enqueued, NewDelivery};
 
 /// Longest `?wait=` in seconds.
@@ -155,7 +155,9 @@ async fn receive_webhook(
     body: Body,
 ) -> Response {
     let route_name = route_param(&route).to_owned();
-    let label = if state.settings().routes.contains_key(&route_name) {
+    // One configuration for the whole request, so a reload meanwhile cannot split it.
+    let runtime = state.runtime.load_full();
+    let label = if runtime.settings.routes.contains_key(&route_name) {
         route_name.as_str()
     } else {
         "_unknown"
@@ -165,6 +167,7 @@ async fn receive_webhook(
         .map_or_else(|| uri.path().to_owned(), ToString::to_string);
     let answer = handle(
         &state,
+        &runtime,
         &route_name,
         &target,
         query.as_deref(),
@@ -202,13 +205,13 @@ async fn receive_webhook(
 
 async fn handle(
     state: &AppState,
+    runtime: &Runtime,
     route_name: &str,
     target: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(&'static str, Response), ApiError> {
-    let runtime = state.runtime.load_full();
     let settings = &runtime.settings;
     let route = settings
         .routes
