@@ -13,6 +13,7 @@ use crate::inbound::webhook::{Prepared, prepare};
 use crate::mapping::{Mapper, ReportDraft};
 use crate::metrics::Metrics;
 use crate::startup::check_templates;
+use crate::store::DigestEvent;
 
 /// Loads and validates the configuration for `mode`, with the mapper's template checks.
 /// Every problem is listed, each naming its key path.
@@ -72,16 +73,24 @@ pub enum Rendered {
     Ignored(String),
     /// The webhook would be rejected: status and error body.
     Rejected(u16, Value),
+    /// A digest route would keep the event for the digest of this group (`render --digest`
+    /// shows the digest).
+    KeptForDigest(String),
+    /// `--digest`: the reports the given webhooks would make if the digest were due now.
+    Digest(Value),
 }
 
 /// `render`: what a webhook would become. Offline, a named template's `template_id` and
-/// `sort`s are shown as placeholders; `online` resolves them (fetching a token).
+/// `sort`s are shown as placeholders; `online` resolves them (fetching a token). With
+/// `digest`, every body is one webhook of a digest route's period (in order) and the result
+/// is the digest made from them as if it were due now.
 pub async fn render(
     file: Option<&Path>,
     route: &str,
-    body: &[u8],
+    bodies: &[Vec<u8>],
     headers: &[String],
     online: bool,
+    digest: bool,
 ) -> anyhow::Result<Rendered> {
     let mode = if online {
         Mode::Production
@@ -89,6 +98,20 @@ pub async fn render(
         Mode::Offline
     };
     let (settings, mapper) = load_checked(file, mode)?;
+    if bodies.len() != 1 && !digest {
+        return Err(anyhow!(
+            "{} bodies given: several webhooks make a digest (add --digest)",
+            bodies.len()
+        ));
+    }
+    if digest
+        && !settings
+            .routes
+            .get(route)
+            .is_some_and(|r| r.digest.is_some())
+    {
+        return Err(anyhow!("--digest: routes.{route} has no digest settings"));
+    }
     let mut map = HeaderMap::new();
     for h in headers {
         let (name, value) = h
@@ -100,38 +123,87 @@ pub async fn render(
             .with_context(|| format!("-H {h:?}: bad header value"))?;
         map.append(name, value);
     }
-    let request = crate::sources::Request {
-        headers: &map,
-        body,
-        target: &format!("/v1/hooks/{route}"),
-        method: "post",
-        now: chrono::Utc::now(),
-    };
-    let prepared = match prepare(&settings, &mapper, route, &request) {
-        Ok(p) => p,
-        Err(e) => return Ok(Rendered::Rejected(e.status.as_u16(), e.body())),
-    };
-    let (draft, truncated) = match prepared {
-        Prepared::Ignored(reason) => return Ok(Rendered::Ignored(reason)),
-        Prepared::Report {
-            draft, truncated, ..
-        } => (draft, truncated),
-    };
-    if !truncated.is_empty() {
-        tracing::warn!(fields = ?truncated, "contents cut at 1000 characters");
+    let now = chrono::Utc::now();
+    let target = format!("/v1/hooks/{route}");
+    let mut events = Vec::new();
+    let mut ignored = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let request = crate::sources::Request {
+            headers: &map,
+            body,
+            target: &target,
+            method: "post",
+            now,
+        };
+        let prepared = match prepare(&settings, &mapper, route, &request) {
+            Ok(p) => p,
+            Err(e) => return Ok(Rendered::Rejected(e.status.as_u16(), e.body())),
+        };
+        match prepared {
+            Prepared::Ignored(reason) if !digest => return Ok(Rendered::Ignored(reason)),
+            Prepared::Ignored(reason) => ignored.push(json!({"body": i + 1, "reason": reason})),
+            Prepared::Digest { group, .. } if !digest => {
+                return Ok(Rendered::KeptForDigest(group));
+            }
+            Prepared::Digest { event, group, .. } => events.push(DigestEvent {
+                id: format!("body-{}", i + 1),
+                route: route.to_owned(),
+                group,
+                event,
+                // One millisecond apart, so "latest wins" follows the order given.
+                received_at: now + chrono::Duration::milliseconds(i64::try_from(i).unwrap_or(0)),
+            }),
+            Prepared::Report {
+                draft, truncated, ..
+            } => {
+                if !truncated.is_empty() {
+                    tracing::warn!(fields = ?truncated, "contents cut at 1000 characters");
+                }
+                let param = create_report_param(&settings, &draft, online).await?;
+                return Ok(Rendered::Report(json!({ "create_report_param": param })));
+            }
+        }
     }
-    let param = if let Some(template) = dingtalk::template_from_config(&draft.template) {
-        serde_json::to_value(dingtalk::create_param(&draft, &template)?)?
-    } else if online {
-        let client = DingTalkClient::new(&settings.dingtalk, Metrics::new())?;
-        let template = client
-            .resolve_template(&draft.app, &draft.template, &draft.author)
-            .await?;
-        serde_json::to_value(dingtalk::create_param(&draft, &template)?)?
-    } else {
-        unresolved_param(&draft)
-    };
-    Ok(Rendered::Report(json!({ "create_report_param": param })))
+    let period_end = now + chrono::Duration::milliseconds(i64::try_from(bodies.len()).unwrap_or(0));
+    let reports =
+        crate::digest::build_reports(&settings, &mapper, route, &events, None, period_end)?;
+    let mut shown = Vec::with_capacity(reports.len());
+    for report in reports {
+        shown.push(json!({
+            "group": report.group,
+            "events": report.events,
+            "summarised_pipelines": report.summarised,
+            "create_report_param": create_report_param(&settings, &report.draft, online).await?,
+        }));
+    }
+    Ok(Rendered::Digest(json!({
+        "route": route,
+        "events": events.len(),
+        "ignored": ignored,
+        "reports": shown,
+    })))
+}
+
+/// The create_report_param of `draft`: resolved when the template is given by id or when
+/// `online`, else with placeholders for the template id and sorts.
+async fn create_report_param(
+    settings: &Settings,
+    draft: &ReportDraft,
+    online: bool,
+) -> anyhow::Result<Value> {
+    Ok(
+        if let Some(template) = dingtalk::template_from_config(&draft.template) {
+            serde_json::to_value(dingtalk::create_param(draft, &template)?)?
+        } else if online {
+            let client = DingTalkClient::new(&settings.dingtalk, Metrics::new())?;
+            let template = client
+                .resolve_template(&draft.app, &draft.template, &draft.author)
+                .await?;
+            serde_json::to_value(dingtalk::create_param(draft, &template)?)?
+        } else {
+            unresolved_param(draft)
+        },
+    )
 }
 
 /// The param of a named template before lookup: id and sorts are placeholders.

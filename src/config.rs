@@ -298,6 +298,92 @@ pub struct RouteSettings {
     /// for the standard 日报 fields.
     #[serde(default)]
     pub fields: Option<BTreeMap<String, String>>,
+    /// Digest mode: fold the route's events into one report per group at scheduled times
+    /// instead of one report per event. `fields` then are templates over the digest's
+    /// variables. Absent: one report per event.
+    #[serde(default)]
+    pub digest: Option<DigestSettings>,
+}
+
+/// `routes.<name>.digest.*`: when and how a route's events are folded into digests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestSettings {
+    /// Times of day (`HH:MM`, 24-hour, in `timezone`) at which digests are sent: one time or a
+    /// list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub schedule: Vec<String>,
+    /// Days on which the schedule runs (`mon` … `sun`); empty means every day.
+    #[serde(default)]
+    pub weekdays: Vec<String>,
+    /// IANA time zone of `schedule` and `weekdays`; defaults to the top-level `timezone`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// One report per `author` (the event's person, or the route's fixed author), per
+    /// `project`, or one per `route`.
+    #[serde(default)]
+    pub group_by: DigestGroupBy,
+    /// Most pipeline lines listed in a report; the rest are summarised in one line.
+    #[serde(default = "default_digest_max_lines")]
+    pub max_lines: usize,
+    /// How late a missed digest (the relay was down at the scheduled time) is still sent;
+    /// later, its events go into the next digest instead.
+    #[serde(default = "default_digest_grace", with = "humantime_serde")]
+    pub grace: Duration,
+    /// Send a report saying nothing happened when a period had no events (`group_by: route`
+    /// only, since other groups are only known from events).
+    #[serde(default)]
+    pub send_empty: bool,
+}
+
+/// How a digest route groups its events into reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestGroupBy {
+    /// One report per person (their DingTalk userid), written as them.
+    #[default]
+    Author,
+    /// One report per project or repository.
+    Project,
+    /// One report for the whole route.
+    Route,
+}
+
+impl DigestGroupBy {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Author => "author",
+            Self::Project => "project",
+            Self::Route => "route",
+        }
+    }
+}
+
+/// Accepts one string or a list of strings.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+/// Day names accepted by `routes.*.digest.weekdays`, Monday first.
+pub const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Parses a digest schedule time `HH:MM`.
+pub fn parse_time_of_day(value: &str) -> Option<chrono::NaiveTime> {
+    let (h, m) = value.trim().split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    chrono::NaiveTime::from_hms_opt(h.parse().ok()?, m.parse().ok()?, 0)
 }
 
 /// `routes.<name>.template.*`: either `name` (looked up with getbyname) or `id` + `fields`.
@@ -397,6 +483,12 @@ fn default_events() -> Vec<String> {
 }
 fn default_field_type() -> i64 {
     1
+}
+fn default_digest_max_lines() -> usize {
+    20
+}
+fn default_digest_grace() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 
 /// The longest duration any setting accepts (ten years).
@@ -841,6 +933,9 @@ impl Settings {
                 );
             }
         }
+        if let Some(digest) = &route.digest {
+            digest_issues(&path, route, digest, push);
+        }
         let _ = mode;
     }
 
@@ -867,6 +962,80 @@ impl Settings {
     /// The configured time zone (Asia/Shanghai when it does not parse; validation reports it).
     pub fn tz(&self) -> chrono_tz::Tz {
         self.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+    }
+}
+
+/// Problems of `routes.<name>.digest`.
+fn digest_issues(
+    path: &str,
+    route: &RouteSettings,
+    digest: &DigestSettings,
+    push: &mut impl FnMut(String, String),
+) {
+    let path = format!("{path}.digest");
+    if digest.schedule.is_empty() {
+        push(
+            format!("{path}.schedule"),
+            "needs at least one time of day, e.g. \"18:00\"".to_owned(),
+        );
+    }
+    for (i, time) in digest.schedule.iter().enumerate() {
+        if parse_time_of_day(time).is_none() {
+            push(
+                format!("{path}.schedule[{i}]"),
+                format!("{time:?} is not a time of day like 18:00 (HH:MM, 24-hour)"),
+            );
+        }
+    }
+    for (i, day) in digest.weekdays.iter().enumerate() {
+        if !WEEKDAYS.contains(&day.trim().to_lowercase().as_str()) {
+            push(
+                format!("{path}.weekdays[{i}]"),
+                format!("{day:?} is not one of {}", WEEKDAYS.join(", ")),
+            );
+        }
+    }
+    if let Some(tz) = &digest.timezone
+        && tz.parse::<chrono_tz::Tz>().is_err()
+    {
+        push(
+            format!("{path}.timezone"),
+            format!("{tz:?} is not an IANA time zone such as Asia/Shanghai"),
+        );
+    }
+    if digest.max_lines == 0 || digest.max_lines > 1000 {
+        push(
+            format!("{path}.max_lines"),
+            "must be between 1 and 1000".to_owned(),
+        );
+    }
+    if digest.grace > MAX_DURATION {
+        push(format!("{path}.grace"), "must be at most 3650d".to_owned());
+    }
+    if digest.group_by != DigestGroupBy::Author {
+        let group_by = digest.group_by.as_str();
+        if route.author == "actor" {
+            push(
+                format!("{path}.group_by"),
+                format!(
+                    "{group_by} needs a fixed author userid in routes.*.author: a report has one author, and a {group_by} digest folds several people's events"
+                ),
+            );
+        }
+        if route.to_userids.iter().any(|u| u == "actor") {
+            push(
+                format!("{path}.group_by"),
+                format!(
+                    "{group_by}: to_userids cannot name actor (a {group_by} digest has no single actor)"
+                ),
+            );
+        }
+    }
+    if digest.send_empty && digest.group_by != DigestGroupBy::Route {
+        push(
+            format!("{path}.send_empty"),
+            "needs group_by: route (other groups are only known from their events)".to_owned(),
+        );
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`mapping`]: pure; event + route → report contents (minijinja field templates, filters).
 //! - [`inbound`]: the HTTP edge — webhook and admin listeners, authentication, error shape.
 //! - [`store`]: the durable queue, delivery state and dedup keys (SQLite, PostgreSQL, memory).
+//! - [`digest`]: digest mode — schedules, and folding a period's events into one report per
+//!   group, made once across replicas.
 //! - [`delivery`]: workers that create reports, retry with backoff, reconcile lost answers.
 //! - [`dingtalk`]: the DingTalk client, token cache, wire model and error classifier.
 //! - [`sandbox`]: an in-process DingTalk stand-in (`serve --sandbox`, tests).
@@ -19,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod digest;
 pub mod dingtalk;
 pub mod inbound;
 pub mod mapping;

@@ -47,9 +47,14 @@ enum Command {
         /// Route name.
         #[arg(long)]
         route: String,
-        /// File holding the webhook body (`-` for standard input).
+        /// File holding the webhook body (`-` for standard input); with --digest, give it once
+        /// per webhook of the period, in order.
+        #[arg(long, required = true)]
+        body: Vec<PathBuf>,
+        /// The route is a digest route: print the digest the bodies would make if it were due
+        /// now.
         #[arg(long)]
-        body: PathBuf,
+        digest: bool,
         /// A request header, e.g. -H 'X-GitHub-Event: workflow_run'.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
@@ -95,22 +100,31 @@ async fn run(command: Command) -> ExitCode {
         Command::Render {
             route,
             body,
+            digest,
             headers,
             config,
             online,
         } => {
-            let bytes = if body.as_os_str() == "-" {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
-            } else {
-                std::fs::read(&body)
-            };
-            let bytes = match bytes {
-                Ok(b) => b,
-                Err(e) => return fail(&format!("--body {}: {e}", body.display())),
-            };
-            match cli::render(config.as_deref(), &route, &bytes, &headers, online).await {
-                Ok(Rendered::Report(param)) => print_out(&pretty(&param)),
+            let mut bodies = Vec::with_capacity(body.len());
+            for path in &body {
+                let bytes = if path.as_os_str() == "-" {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+                } else {
+                    std::fs::read(path)
+                };
+                match bytes {
+                    Ok(b) => bodies.push(b),
+                    Err(e) => return fail(&format!("--body {}: {e}", path.display())),
+                }
+            }
+            match cli::render(config.as_deref(), &route, &bodies, &headers, online, digest).await {
+                Ok(Rendered::Report(param) | Rendered::Digest(param)) => print_out(&pretty(&param)),
+                Ok(Rendered::KeptForDigest(group)) => print_out(&pretty(&serde_json::json!({
+                    "status": "digest",
+                    "group": group,
+                    "hint": "this route makes digests: add --digest to see the report"
+                }))),
                 Ok(Rendered::Ignored(reason)) => print_out(&pretty(
                     &serde_json::json!({"status": "ignored", "reason": reason}),
                 )),

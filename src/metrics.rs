@@ -40,6 +40,13 @@ pub struct Metrics {
     /// `dingtalk_relay_dingtalk_paused{app,reason}`: 1 while the relay does not call DingTalk
     /// for an app (quota_exhausted, credentials_refused, ip_banned; app `*` = every app).
     pub dingtalk_paused: prometheus::IntGaugeVec,
+    /// `dingtalk_relay_digests_total{route,outcome}`: digests made (made, empty, error).
+    pub digests: IntCounterVec,
+    /// `dingtalk_relay_digest_events_folded_total{route}`: events folded into digests.
+    pub digest_events_folded: IntCounterVec,
+    /// `dingtalk_relay_digest_reports_saved_total{route}`: reports (metered DingTalk calls)
+    /// saved by digests: events folded minus digest reports made.
+    pub digest_reports_saved: IntCounterVec,
 }
 
 impl Metrics {
@@ -162,8 +169,26 @@ impl Metrics {
         registry
             .register(Box::new(dingtalk_paused.clone()))
             .expect("each metric is registered once in a fresh registry");
+        let digests = counter(
+            "dingtalk_relay_digests_total",
+            "Digests made, by route and outcome (made, empty: no report needed, error: kept for a later try).",
+            &["route", "outcome"],
+        );
+        let digest_events_folded = counter(
+            "dingtalk_relay_digest_events_folded_total",
+            "Events folded into digest reports, by route.",
+            &["route"],
+        );
+        let digest_reports_saved = counter(
+            "dingtalk_relay_digest_reports_saved_total",
+            "Reports (metered DingTalk calls) saved by digest mode: events folded minus digest reports made, by route.",
+            &["route"],
+        );
         Self {
             registry,
+            digests,
+            digest_events_folded,
+            digest_reports_saved,
             config_reloads,
             dingtalk_paused,
             webhooks_received,

@@ -230,10 +230,12 @@ impl Application {
         )
         .with_graceful_shutdown(cancel.clone().cancelled_owned());
         let workers = tokio::spawn(self.worker.run(cancel.clone()));
+        let digests = tokio::spawn(crate::digest::run(self.state.clone(), cancel.clone()));
         let (webhook, admin) = tokio::join!(webhook, admin);
         webhook.context("webhook listener")?;
         admin.context("admin listener")?;
         workers.await.context("delivery workers")?;
+        digests.await.context("digest scheduler")?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "get", "/v1/deliveries"),
     ("admin", "get", "/v1/deliveries/{id}"),
     ("admin", "post", "/v1/deliveries/{id}/retry"),
+    ("admin", "get", "/v1/digests/{route}"),
     ("admin", "post", "/-/reload"),
 ];
 
@@ -46,6 +47,10 @@ const NOT_EXERCISED: &[(&str, &str, u16)] = &[
     ("get", "/v1/deliveries", 503),
     ("get", "/v1/deliveries/{id}", 503),
     ("post", "/v1/deliveries/{id}/retry", 503),
+    ("get", "/v1/digests/{route}", 503),
+    // Digest templates are checked against samples at startup; one that fails only on some
+    // real events is the same code path as the webhook's 500, which is exercised.
+    ("get", "/v1/digests/{route}", 500),
 ];
 
 const METHODS: &[&str] = &[
@@ -107,6 +112,12 @@ routes:
     insecure: true
     template: {{id: "no-such-template", fields: [{{name: "今日完成工作", sort: 0}}, {{name: "未完成工作", sort: 1}}, {{name: "需协调工作", sort: 2}}]}}
     author: "manager01"
+  daily:
+    source: generic
+    insecure: true
+    template: {{name: "日报"}}
+    author: "manager01"
+    digest: {{schedule: "18:00", group_by: route}}
   explode:
     source: generic
     insecure: true
@@ -805,6 +816,15 @@ async fn every_endpoint_answers_as_documented() {
     boom["summary"] = json!("boom");
     doc.expect(post, hook, relay.hook("explode").body(bytes(&boom)), 500)
         .await;
+    // A digest route keeps the event for its digest.
+    let kept = doc
+        .expect(post, hook, relay.hook("daily").body(bytes(&job(12))), 202)
+        .await;
+    assert_eq!(kept["status"], "digest");
+    let again = doc
+        .expect(post, hook, relay.hook("daily").body(bytes(&job(12))), 200)
+        .await;
+    assert_eq!(again["event_id"], kept["event_id"]);
 
     // --- admin listener ---
     let open = |path: &str| relay.http.get(format!("{}{path}", relay.admin));
@@ -877,6 +897,19 @@ async fn every_endpoint_answers_as_documented() {
     doc.expect(post, retry, relay.admin_post(&path(&delivered_id)), 409)
         .await;
     doc.expect(post, retry, relay.admin_post(&path("nope")), 404)
+        .await;
+
+    let digest = "/v1/digests/{route}";
+    doc.expect("get", digest, open("/v1/digests/daily"), 401)
+        .await;
+    let preview = doc
+        .expect("get", digest, relay.admin_get("/v1/digests/daily"), 200)
+        .await;
+    assert_eq!(preview["pending_events"], 1, "{preview}");
+    assert_eq!(preview["reports"][0]["events"], 1, "{preview}");
+    doc.expect("get", digest, relay.admin_get("/v1/digests/ci"), 404)
+        .await;
+    doc.expect("get", digest, relay.admin_get("/v1/digests/nope"), 404)
         .await;
 
     let reload = "/-/reload";

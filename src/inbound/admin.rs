@@ -1,5 +1,5 @@
-//! The admin listener's handlers: metrics, health, readiness, the delivery API and the
-//! sandbox's report list, and `POST /-/reload`. `/v1/*` and `/-/reload` need
+//! The admin listener's handlers: metrics, health, readiness, the delivery API, the digest
+//! preview, the sandbox's report list, and `POST /-/reload`. `/v1/*` and `/-/reload` need
 //! `server.admin_token` when it is set.
 
 use axum::Json;
@@ -27,6 +27,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/v1/deliveries", get(list_deliveries))
         .route("/v1/deliveries/{id}", get(get_delivery))
         .route("/v1/deliveries/{id}/retry", post(retry_delivery))
+        .route("/v1/digests/{route}", get(preview_digest))
         .route("/-/reload", post(reload))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
@@ -242,4 +243,55 @@ async fn retry_delivery(
             other.as_str()
         ))),
     }
+}
+
+/// `GET /v1/digests/{route}`: the digest a digest route would send if it were due now, made
+/// from the events it keeps (nothing is changed or sent).
+async fn preview_digest(
+    State(state): State<AppState>,
+    route: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let route_name = route
+        .map(|Path(r)| r)
+        .map_err(|_| ApiError::not_found("no route with that name (it is not valid UTF-8)"))?;
+    let runtime = state.runtime.load_full();
+    let settings = &runtime.settings;
+    let route = settings
+        .routes
+        .get(&route_name)
+        .ok_or_else(|| ApiError::not_found(format!("no route {route_name:?}")))?;
+    let schedule = crate::digest::schedule_of(settings, route).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "routes.{route_name} makes one report per event; it has no digest"
+        ))
+    })?;
+    let now = chrono::Utc::now();
+    let events = state
+        .store
+        .digest_events(&route_name)
+        .await
+        .map_err(store_error)?;
+    let last = state
+        .store
+        .last_digest(&route_name)
+        .await
+        .map_err(store_error)?;
+    let reports =
+        crate::digest::build_reports(settings, &runtime.mapper, &route_name, &events, last, now)
+            .map_err(|e| ApiError::internal(format!("the digest cannot be built: {e}")))?;
+    let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    Ok(Json(json!({
+        "route": route_name,
+        "pending_events": events.len(),
+        "last_digest_at": last.map(time),
+        "next_digest_at": schedule.next_after(now).map(time),
+        "reports": reports.iter().map(|r| json!({
+            "group": r.group,
+            "author": r.draft.author,
+            "to_userids": r.draft.to_userids,
+            "events": r.events,
+            "summarised_pipelines": r.summarised,
+            "contents": r.draft.contents.iter().map(|c| json!({"key": c.field, "content": c.content})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })))
 }

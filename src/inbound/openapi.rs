@@ -192,6 +192,7 @@ fn webhook_path() -> Value {
                     "description": "Nothing new to send: a repeat within `delivery.dedup_window` (`duplicate`, with the first delivery's id), or a webhook the route deliberately does not report (`ignored`: ping, test delivery, unrelated event, filtered phase/status/branch, `author: actor` with an unmapped actor, every field empty). Never 4xx for these, as some senders disable hooks that get 4xx.",
                     "content": {"application/json": {"schema": {"oneOf": [
                         {"$ref": "#/components/schemas/Duplicate"},
+                        {"$ref": "#/components/schemas/DigestDuplicate"},
                         {"$ref": "#/components/schemas/Ignored"},
                     ]}}},
                 },
@@ -200,8 +201,11 @@ fn webhook_path() -> Value {
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Delivered"}}},
                 },
                 "202": {
-                    "description": "Committed to the store (with SQLite: on disk); it will be delivered. Also the answer when `?wait=` ran out first.",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Queued"}}},
+                    "description": "Committed to the store (with SQLite: on disk); it will be delivered. Also the answer when `?wait=` ran out first. On a digest route (`routes.*.digest`) the event is kept for the route's next digest (`status: digest`, with the time it is due); `?wait=` does not apply there.",
+                    "content": {"application/json": {"schema": {"oneOf": [
+                        {"$ref": "#/components/schemas/Queued"},
+                        {"$ref": "#/components/schemas/KeptForDigest"},
+                    ]}}},
                 },
                 "400": error_response(
                     "The payload is not what the route's source expects (`invalid_payload`, naming the field when there is one), or `?wait=` is not a whole number 0–30 (`bad_request`, field `wait`). Nothing is stored.",
@@ -266,6 +270,10 @@ fn admin_paths() -> Vec<(&'static str, Value)> {
         (
             "/v1/deliveries/{id}/retry",
             admin_item(json!({"post": retry_delivery_op()})),
+        ),
+        (
+            "/v1/digests/{route}",
+            admin_item(json!({"get": preview_digest_op()})),
         ),
         ("/-/reload", admin_item(json!({"post": reload_op()}))),
     ]
@@ -445,6 +453,89 @@ fn retry_delivery_op() -> Value {
     })
 }
 
+fn preview_digest_op() -> Value {
+    json!({
+        "tags": ["admin"],
+        "operationId": "previewDigest",
+        "summary": "Preview a digest route's pending digest",
+        "description": "The reports a digest route (`routes.*.digest`) would send if its digest were due now, made from the events it keeps. Nothing is changed or sent.",
+        "security": admin_security(),
+        "parameters": [{
+            "name": "route",
+            "in": "path",
+            "required": true,
+            "description": "A route name with `digest` settings.",
+            "schema": {"type": "string"},
+            "example": "daily",
+        }],
+        "responses": {
+            "200": {"description": "The pending digest.", "content": json_content("DigestPreview")},
+            "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "404": error_response("No route of that name, or the route has no digest.", &["not_found"], false),
+            "500": error_response("The route's digest field template fails on the kept events (the events stay kept).", &["internal"], false),
+            "503": {"$ref": "#/components/responses/Unavailable"},
+        },
+    })
+}
+
+fn kept_for_digest_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["event_id", "status", "digest_at"],
+        "additionalProperties": false,
+        "properties": {
+            "event_id": {"type": "string", "format": "uuid", "description": "The kept event's id (UUID v7)."},
+            "status": {"type": "string", "enum": ["digest"]},
+            "digest_at": time_schema("When the route's next digest is due.", true),
+        },
+    })
+}
+
+fn digest_duplicate_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["event_id", "status"],
+        "additionalProperties": false,
+        "properties": {
+            "event_id": {"type": "string", "description": "The first event's id."},
+            "status": {"type": "string", "enum": ["duplicate"]},
+        },
+    })
+}
+
+fn digest_preview_schema() -> Value {
+    let text_list = json!({"type": "array", "items": {"type": "string"}});
+    json!({
+        "type": "object",
+        "required": ["route", "pending_events", "last_digest_at", "next_digest_at", "reports"],
+        "additionalProperties": false,
+        "properties": {
+            "route": {"type": "string"},
+            "pending_events": {"type": "integer", "minimum": 0},
+            "last_digest_at": time_schema("The scheduled time of the previous digest.", true),
+            "next_digest_at": time_schema("When the next digest is due.", true),
+            "reports": {"type": "array", "items": {
+                "type": "object",
+                "required": ["group", "author", "to_userids", "events", "summarised_pipelines", "contents"],
+                "additionalProperties": false,
+                "properties": {
+                    "group": {"type": "string", "description": "Author userid, project or route name (`digest.group_by`)."},
+                    "author": {"type": "string"},
+                    "to_userids": text_list,
+                    "events": {"type": "integer", "minimum": 0},
+                    "summarised_pipelines": {"type": "integer", "minimum": 0, "description": "Pipelines summarised in one line because they did not fit."},
+                    "contents": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["key", "content"],
+                        "additionalProperties": false,
+                        "properties": {"key": {"type": "string"}, "content": {"type": "string"}},
+                    }},
+                },
+            }},
+        },
+    })
+}
+
 fn reload_op() -> Value {
     json!({
         "tags": ["admin"],
@@ -516,6 +607,9 @@ fn schemas() -> Value {
         ("Error", error_schema()),
         ("Queued", queued_schema()),
         ("Duplicate", duplicate_schema()),
+        ("KeptForDigest", kept_for_digest_schema()),
+        ("DigestDuplicate", digest_duplicate_schema()),
+        ("DigestPreview", digest_preview_schema()),
         ("Ignored", ignored_schema()),
         ("Delivered", delivered_schema()),
         ("Failed", failed_schema()),

@@ -18,10 +18,10 @@ use sha2::{Digest, Sha256};
 use super::ApiError;
 use crate::config::{RouteSettings, Settings};
 use crate::delivery::{Outcome, final_outcome};
-use crate::mapping::{Mapped, Mapper, ReportDraft};
+use crate::mapping::{Admitted, Mapped, Mapper, ReportDraft};
 use crate::sources;
 use crate::state::{AppState, Runtime};
-use crate::store::{self, Enqueued, NewDelivery};
+use crate::store::{self, Enqueued, NewDelivery, NewDigestEvent};
 
 /// Longest `?wait=` in seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -39,6 +39,15 @@ pub enum Prepared {
         draft: ReportDraft,
         /// Fields cut at the 1000-character limit.
         truncated: Vec<String>,
+        /// Dedup key.
+        dedup_key: String,
+    },
+    /// An event of a digest route, to keep for the digest of `group`.
+    Digest {
+        /// The event.
+        event: sources::Event,
+        /// Its group.
+        group: String,
         /// Dedup key.
         dedup_key: String,
     },
@@ -65,6 +74,17 @@ pub fn prepare(
         sources::Parsed::Event(event) => event,
         sources::Parsed::Ignored(reason) => return Ok(Prepared::Ignored(reason)),
     };
+    if route.digest.is_some() {
+        return match mapper.admit(route_name, &event) {
+            Ok(Admitted::Ignored { reason }) => Ok(Prepared::Ignored(reason)),
+            Ok(Admitted::Digest { group }) => Ok(Prepared::Digest {
+                event,
+                group,
+                dedup_key: dedup_key(route_name, route, request),
+            }),
+            Err(e) => Err(ApiError::internal(format!("the route failed: {e}"))),
+        };
+    }
     match mapper.map(route_name, &event, request.now) {
         Ok(Mapped::Ignored { reason }) => Ok(Prepared::Ignored(reason)),
         Ok(Mapped::Report { draft, truncated }) => Ok(Prepared::Report {
@@ -252,6 +272,21 @@ async fn handle(
                 truncated,
                 dedup_key,
             } => (draft, truncated, dedup_key),
+            Prepared::Digest {
+                event,
+                group,
+                dedup_key,
+            } => {
+                let new = NewDigestEvent {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    route: route_name.to_owned(),
+                    group,
+                    dedup_key,
+                    event,
+                    received_at: now,
+                };
+                return keep_for_digest(state, settings, route_name, new).await;
+            }
         };
     let new = NewDelivery {
         id: uuid::Uuid::now_v7().to_string(),
@@ -306,6 +341,48 @@ async fn handle(
         None => queued(&id),
     };
     Ok(("accepted", response))
+}
+
+/// Stores a digest route's event; the answer says when its digest is due. `?wait` does not
+/// apply: the report is made at the scheduled time.
+async fn keep_for_digest(
+    state: &AppState,
+    settings: &Settings,
+    route_name: &str,
+    new: NewDigestEvent,
+) -> Result<(&'static str, Response), ApiError> {
+    let received_at = new.received_at;
+    let enqueued = state
+        .store
+        .add_digest_event(new, settings.delivery.dedup_window)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "storing the webhook failed");
+            ApiError::unavailable("the store is unavailable; try again later", 5)
+        })?;
+    match enqueued {
+        Enqueued::Duplicate(first) => {
+            tracing::info!(event_id = %first, "duplicate webhook");
+            state
+                .metrics
+                .deliveries
+                .with_label_values(&[route_name, "duplicate"])
+                .inc();
+            let answer = Json(json!({"event_id": first, "status": "duplicate"}));
+            Ok(("duplicate", (StatusCode::OK, answer).into_response()))
+        }
+        Enqueued::Queued(id) => {
+            let digest_at = settings
+                .routes
+                .get(route_name)
+                .and_then(|route| crate::digest::schedule_of(settings, route))
+                .and_then(|s| s.next_after(received_at))
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            tracing::info!(event_id = %id, "webhook kept for the digest");
+            let answer = Json(json!({"event_id": id, "status": "digest", "digest_at": digest_at}));
+            Ok(("accepted", (StatusCode::ACCEPTED, answer).into_response()))
+        }
+    }
 }
 
 fn queued(id: &str) -> Response {

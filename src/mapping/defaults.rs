@@ -81,3 +81,55 @@ pub(super) const STANDUP: [(&str, &str); 3] = [
     ("未完成工作", STANDUP_TODO),
     ("需协调工作", STANDUP_HELP),
 ];
+
+/// `今日完成工作` for a digest: the period's counts, one line per pipeline (failures first), the
+/// summary of the pipelines not shown, then what each person reported done.
+const DIGEST_DONE: &str = concat!(
+    "📊 **CI 汇总 Digest {{ date }}**{{ \" · \" ~ group if group_by == \"project\" and group }}\n",
+    "{% if runs %}\n",
+    "{{ runs }} 次运行 runs · ✅ {{ passed }} · ❌ {{ failed }} · 🚫 {{ cancelled }}{{ \" · ❔ \" ~ other if other }}\n",
+    "{% elif not standups %}\n",
+    "本期没有 CI 运行 No CI runs in this period ({{ period_start }} – {{ period_end }})\n",
+    "{% endif %}\n",
+    "{% for p in pipelines %}\n",
+    "{{ p.status_icon }} {{ p.project ~ \" › \" if p.project and group_by != \"project\" }}{{ p.name }}",
+    "{{ \" (\" ~ p.branch ~ \")\" if p.branch }} {{ p.status_text }}",
+    "{{ \" · \" ~ p.duration_human if p.duration_human }}",
+    "{{ \" · \" ~ p.runs ~ \" 次 runs\" if p.runs > 1 }}",
+    "{{ \" · \" ~ p.url if p.url }}\n",
+    "{% endfor %}\n",
+    "{% if more_text %}\n{{ more_text }}\n{% endif %}\n",
+    "{% for s in standups if s.done %}\n",
+    "\n{{ s.user or s.userid }}:\n{{ s.done | bullets }}\n",
+    "{% endfor %}\n",
+);
+
+/// `未完成工作` for a digest: pipelines whose latest result failed or was cancelled, then what
+/// each person plans.
+const DIGEST_TODO: &str = concat!(
+    "{% for p in failures %}\n",
+    "{{ p.status_icon }} {{ p.project ~ \" › \" if p.project and group_by != \"project\" }}{{ p.name }}",
+    "{{ \" (\" ~ p.branch ~ \")\" if p.branch }} 待处理 needs attention{{ \": \" ~ p.url if p.url }}\n",
+    "{% endfor %}\n",
+    "{% for s in standups if s.todo %}\n",
+    "\n{{ s.user or s.userid }}:\n{{ s.todo | bullets }}\n",
+    "{% endfor %}\n",
+);
+
+/// `需协调工作` for a digest: who should look at a failure, then blockers and notes.
+const DIGEST_HELP: &str = concat!(
+    "{% for p in failures if p.status == \"failure\" and p.actor %}\n",
+    "请 @{{ p.actor }} 查看 please look into {{ p.name }}{{ \" (\" ~ p.branch ~ \")\" if p.branch }}\n",
+    "{% endfor %}\n",
+    "{% for s in standups if s.blockers or s.notes %}\n",
+    "\n{{ s.user or s.userid }}:\n{{ s.blockers | bullets }}\n",
+    "{% if s.notes %}\n备注 Notes: {{ s.notes }}\n{% endif %}\n",
+    "{% endfor %}\n",
+);
+
+/// Built-in templates for digests, as (field, template) in the standard order.
+pub(super) const DIGEST: [(&str, &str); 3] = [
+    ("今日完成工作", DIGEST_DONE),
+    ("未完成工作", DIGEST_TODO),
+    ("需协调工作", DIGEST_HELP),
+];

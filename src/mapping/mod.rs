@@ -11,6 +11,7 @@
 //! DingTalk client shows as a new line.
 
 mod defaults;
+mod digest;
 mod vars;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,8 +22,10 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigIssue, RouteSettings, Settings, TemplateSettings};
+use crate::config::{ConfigIssue, DigestGroupBy, RouteSettings, Settings, TemplateSettings};
 use crate::sources::{Event, JobStatus, Standup};
+
+pub use digest::{DigestHeader, DigestReport};
 
 /// DingTalk's limit on one content, in characters.
 pub const MAX_CONTENT_CHARS: usize = 1000;
@@ -75,6 +78,21 @@ pub enum Mapped {
     },
 }
 
+/// What a digest route makes of an event at intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// Keep it for the digest of `group`.
+    Digest {
+        /// The group key (author userid, project, or route name).
+        group: String,
+    },
+    /// The route deliberately does not report this event.
+    Ignored {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Why mapping failed (a route or template problem, not the payload's fault).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MappingError {
@@ -113,6 +131,11 @@ pub struct Mapper {
     builtin_job_status: Vec<(String, String)>,
     /// (field, template name) of the built-in standup templates, in the standard order.
     builtin_standup: Vec<(String, String)>,
+    /// Digest templates (built-in and the `fields` of digest routes): digests loop over a
+    /// period's events, so they get more fuel than per-event templates.
+    digest_env: Environment<'static>,
+    /// (field, template name) of the built-in digest templates, in the standard order.
+    builtin_digest: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -133,15 +156,23 @@ impl Mapper {
         let builtin_job_status =
             add_builtins(&mut env, "job_status", defaults::JOB_STATUS, &mut issues);
         let builtin_standup = add_builtins(&mut env, "standup", defaults::STANDUP, &mut issues);
+        let mut digest_env = environment();
+        digest_env.set_fuel(Some(DIGEST_RENDER_FUEL));
+        let builtin_digest = add_builtins(&mut digest_env, "digest", defaults::DIGEST, &mut issues);
 
         let mut routes = BTreeMap::new();
         for (route, rs) in &settings.routes {
             let branches = compile_branches(route, &rs.branches, &mut issues);
             let fields = rs.fields.as_ref().map(|fields| {
                 let mut compiled = Vec::with_capacity(fields.len());
+                let target = if rs.digest.is_some() {
+                    &mut digest_env
+                } else {
+                    &mut env
+                };
                 for (field, source) in fields {
                     let name = format!("routes.{route}.fields.{field}");
-                    match env.add_template_owned(name.clone(), source.clone()) {
+                    match target.add_template_owned(name.clone(), source.clone()) {
                         Ok(()) => compiled.push((field.clone(), name)),
                         Err(e) => issues.push(ConfigIssue {
                             path: name,
@@ -171,6 +202,8 @@ impl Mapper {
             tz: settings.tz(),
             builtin_job_status,
             builtin_standup,
+            digest_env,
+            builtin_digest,
         };
         issues.extend(mapper.dry_run());
         if issues.is_empty() {
@@ -216,12 +249,47 @@ impl Mapper {
             let Some(fields) = &compiled.fields else {
                 continue;
             };
-            let contexts = [
-                vars::job_status(route, &job, Some("dd_sample"), self.tz, now),
-                vars::standup(route, &standup, Some("dd_sample"), self.tz, now),
-            ];
+            let (env, contexts) = if compiled.settings.digest.is_some() {
+                let events = [
+                    (now, Event::JobStatus(job.clone())),
+                    (now, Event::Standup(standup.clone())),
+                ];
+                let refs: Vec<(DateTime<Utc>, &Event)> =
+                    events.iter().map(|(t, e)| (*t, e)).collect();
+                let folded = digest::fold(&refs, self.tz, |_| None);
+                let header = DigestHeader {
+                    route,
+                    group: "dd_sample",
+                    group_by: "author",
+                    author: "dd_sample",
+                    period_start: now,
+                    period_end: now,
+                    tz: self.tz,
+                };
+                (&self.digest_env, vec![digest::context(&header, &folded, 1)])
+            } else {
+                (
+                    &self.env,
+                    vec![
+                        Value::from_serialize(vars::job_status(
+                            route,
+                            &job,
+                            Some("dd_sample"),
+                            self.tz,
+                            now,
+                        )),
+                        Value::from_serialize(vars::standup(
+                            route,
+                            &standup,
+                            Some("dd_sample"),
+                            self.tz,
+                            now,
+                        )),
+                    ],
+                )
+            };
             for (_, name) in fields {
-                let Ok(template) = self.env.get_template(name) else {
+                let Ok(template) = env.get_template(name) else {
                     continue;
                 };
                 let found = contexts.iter().find_map(|ctx| {
@@ -258,40 +326,22 @@ impl Mapper {
             .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))?;
         let rs = &compiled.settings;
 
+        if let Event::JobStatus(job) = event
+            && let Some(reason) = filter(route, compiled, job)
+        {
+            return Ok(Mapped::Ignored { reason });
+        }
         // Who the event is about, how to say it when they have no userid, and the context.
-        let (person, unmapped, ctx, builtins) = match event {
-            Event::JobStatus(job) => {
-                if let Some(reason) = filter(route, compiled, job) {
-                    return Ok(Mapped::Ignored { reason });
-                }
-                let actor = job.actor.as_deref();
-                let email = job.actor_email.as_deref();
-                let person = actor
-                    .and_then(|a| self.userid(a))
-                    .or_else(|| email.and_then(|e| self.userid(e)));
-                let unmapped = match (actor, email) {
-                    (Some(a), Some(e)) => {
-                        format!("actor {a:?} ({e}) has no DingTalk userid in users")
-                    }
-                    (Some(a), None) => format!("actor {a:?} has no DingTalk userid in users"),
-                    (None, Some(e)) => format!("actor {e:?} has no DingTalk userid in users"),
-                    (None, None) => "the event names no actor".to_owned(),
-                };
-                let ctx = vars::job_status(route, job, person, self.tz, now);
-                (person, unmapped, ctx, &self.builtin_job_status)
-            }
-            Event::Standup(standup) => {
-                let person = standup
-                    .userid
-                    .as_deref()
-                    .or_else(|| standup.user.as_deref().and_then(|u| self.userid(u)));
-                let unmapped = match standup.user.as_deref() {
-                    Some(u) => format!("user {u:?} has no DingTalk userid in users"),
-                    None => "the standup names no user".to_owned(),
-                };
-                let ctx = vars::standup(route, standup, person, self.tz, now);
-                (person, unmapped, ctx, &self.builtin_standup)
-            }
+        let (person, unmapped) = self.person(event);
+        let (ctx, builtins) = match event {
+            Event::JobStatus(job) => (
+                vars::job_status(route, job, person, self.tz, now),
+                &self.builtin_job_status,
+            ),
+            Event::Standup(standup) => (
+                vars::standup(route, standup, person, self.tz, now),
+                &self.builtin_standup,
+            ),
         };
 
         let author = if rs.author == ACTOR {
@@ -322,23 +372,10 @@ impl Mapper {
             }
         }
 
-        let mut fields: Vec<&(String, String)> = compiled
-            .fields
-            .as_ref()
-            .unwrap_or(builtins)
-            .iter()
-            .collect();
-        if let Some(template_fields) = &rs.template.fields {
-            fields.sort_by_key(|(field, _)| {
-                template_fields
-                    .iter()
-                    .find(|f| &f.name == field)
-                    .map_or(i64::MAX, |f| f.sort)
-            });
-        }
+        let fields = self.ordered_fields(rs, compiled.fields.as_ref().unwrap_or(builtins));
         let mut contents = Vec::with_capacity(fields.len());
         let mut truncated = Vec::new();
-        for (field, name) in fields {
+        for (field, name) in &fields {
             let render_error = |e: minijinja::Error| MappingError::Render {
                 route: route.to_owned(),
                 field: field.clone(),
@@ -382,6 +419,228 @@ impl Mapper {
         })
     }
 
+    /// The DingTalk userid of the person an event is about (a job's actor by login, else
+    /// e-mail; a standup's userid, else its user), and how to say that it has none.
+    fn person<'a>(&'a self, event: &'a Event) -> (Option<&'a str>, String) {
+        match event {
+            Event::JobStatus(job) => {
+                let actor = job.actor.as_deref();
+                let email = job.actor_email.as_deref();
+                let person = actor
+                    .and_then(|a| self.userid(a))
+                    .or_else(|| email.and_then(|e| self.userid(e)));
+                let unmapped = match (actor, email) {
+                    (Some(a), Some(e)) => {
+                        format!("actor {a:?} ({e}) has no DingTalk userid in users")
+                    }
+                    (Some(a), None) => format!("actor {a:?} has no DingTalk userid in users"),
+                    (None, Some(e)) => format!("actor {e:?} has no DingTalk userid in users"),
+                    (None, None) => "the event names no actor".to_owned(),
+                };
+                (person, unmapped)
+            }
+            Event::Standup(standup) => {
+                let person = standup
+                    .userid
+                    .as_deref()
+                    .or_else(|| standup.user.as_deref().and_then(|u| self.userid(u)));
+                let unmapped = match standup.user.as_deref() {
+                    Some(u) => format!("user {u:?} has no DingTalk userid in users"),
+                    None => "the standup names no user".to_owned(),
+                };
+                (person, unmapped)
+            }
+        }
+    }
+
+    /// What digest route `route` makes of `event` at intake: the route's filters apply, and
+    /// the event is kept for the digest of its group, or ignored with the reason.
+    pub fn admit(&self, route: &str, event: &Event) -> Result<Admitted, MappingError> {
+        let compiled = self
+            .routes
+            .get(route)
+            .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))?;
+        let rs = &compiled.settings;
+        if let Event::JobStatus(job) = event
+            && let Some(reason) = filter(route, compiled, job)
+        {
+            return Ok(Admitted::Ignored { reason });
+        }
+        let group_by = rs.digest.as_ref().map(|d| d.group_by).unwrap_or_default();
+        let group = match group_by {
+            DigestGroupBy::Route => route.to_owned(),
+            DigestGroupBy::Project => match event {
+                Event::JobStatus(job) => job.project.clone().unwrap_or_default(),
+                // A standup belongs to no project: it goes into the report without one.
+                Event::Standup(_) => String::new(),
+            },
+            DigestGroupBy::Author if rs.author != ACTOR => rs.author.clone(),
+            DigestGroupBy::Author => match self.person(event) {
+                (Some(userid), _) => userid.to_owned(),
+                (None, unmapped) => {
+                    return Ok(Admitted::Ignored {
+                        reason: format!("{unmapped} (needed by routes.{route}.author: actor)"),
+                    });
+                }
+            },
+        };
+        Ok(Admitted::Digest { group })
+    }
+
+    /// The digest report of one group: `events` (received at, event) of the period folded
+    /// into the route's digest fields. `None` when every field renders empty.
+    pub fn digest(
+        &self,
+        route: &str,
+        group: &str,
+        events: &[(DateTime<Utc>, &Event)],
+        period_start: Option<DateTime<Utc>>,
+        period_end: DateTime<Utc>,
+    ) -> Result<Option<DigestReport>, MappingError> {
+        let compiled = self
+            .routes
+            .get(route)
+            .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))?;
+        let rs = &compiled.settings;
+        let Some(settings) = &rs.digest else {
+            return Err(MappingError::UnknownRoute(format!(
+                "{route} (not a digest route)"
+            )));
+        };
+        let tz = settings
+            .timezone
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(self.tz);
+        let author = if settings.group_by == DigestGroupBy::Author && rs.author == ACTOR {
+            group.to_owned()
+        } else {
+            rs.author.clone()
+        };
+        let mut to_userids: Vec<String> = Vec::with_capacity(rs.to_userids.len());
+        for entry in &rs.to_userids {
+            let userid = if entry == ACTOR {
+                author.as_str()
+            } else {
+                self.userid(entry).unwrap_or(entry)
+            };
+            if !to_userids.iter().any(|u| u == userid) {
+                to_userids.push(userid.to_owned());
+            }
+        }
+        let folded = digest::fold(events, tz, |login| self.userid(login));
+        let earliest = events.iter().map(|(t, _)| *t).min();
+        let period_start = match (period_start, earliest) {
+            (Some(start), Some(first)) => start.min(first),
+            (Some(start), None) => start,
+            (None, Some(first)) => first,
+            (None, None) => period_end,
+        };
+        let header = DigestHeader {
+            route,
+            group,
+            group_by: settings.group_by.as_str(),
+            author: &author,
+            period_start,
+            period_end,
+            tz,
+        };
+        let fields =
+            self.ordered_fields(rs, compiled.fields.as_ref().unwrap_or(&self.builtin_digest));
+        let render = |shown: usize| -> Result<Vec<DraftContent>, MappingError> {
+            let ctx = digest::context(&header, &folded, shown);
+            let mut contents = Vec::with_capacity(fields.len());
+            for (field, name) in &fields {
+                let text = self
+                    .digest_env
+                    .get_template(name)
+                    .and_then(|t| t.render(&ctx))
+                    .map_err(|e| MappingError::Render {
+                        route: route.to_owned(),
+                        field: field.clone(),
+                        message: describe(&e),
+                    })?;
+                let text = hard_breaks(text.trim());
+                if !text.is_empty() {
+                    contents.push(DraftContent {
+                        field: field.clone(),
+                        content: text,
+                    });
+                }
+            }
+            Ok(contents)
+        };
+        // The most pipeline lines (up to max_lines) whose rendering fits every field; fewer
+        // lines never make a field longer, so a binary search finds it.
+        let most = settings.max_lines.min(folded.pipelines_len());
+        let mut contents = render(most)?;
+        let mut shown = most;
+        if !digest::fits(&contents) {
+            let (mut low, mut high) = (0, most);
+            let mut best = None;
+            while low < high {
+                let mid = (low + high) / 2;
+                let attempt = render(mid)?;
+                if digest::fits(&attempt) {
+                    best = Some((mid, attempt));
+                    low = mid + 1;
+                } else {
+                    high = mid;
+                }
+            }
+            (shown, contents) = match best {
+                Some(found) => found,
+                None => (0, render(0)?),
+            };
+        }
+        let mut cut = Vec::new();
+        for content in &mut contents {
+            let (text, was_cut) = digest::fit_lines(&content.content);
+            if was_cut {
+                content.content = text;
+                cut.push(content.field.clone());
+            }
+        }
+        if contents.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(DigestReport {
+            group: group.to_owned(),
+            draft: ReportDraft {
+                app: rs.app.clone(),
+                template: rs.template.clone(),
+                author,
+                to_userids,
+                to_cids: rs.to_cids.clone(),
+                to_chat: rs.to_chat,
+                dd_from: rs.dd_from.clone(),
+                contents,
+            },
+            events: folded.events,
+            summarised: folded.pipelines_len() - shown.min(folded.pipelines_len()),
+            cut,
+        }))
+    }
+
+    /// A route's (field, template name) pairs in the template's field order when it is given
+    /// by id.
+    fn ordered_fields(
+        &self,
+        rs: &RouteSettings,
+        fields: &[(String, String)],
+    ) -> Vec<(String, String)> {
+        let mut fields = fields.to_vec();
+        if let Some(template_fields) = &rs.template.fields {
+            fields.sort_by_key(|(field, _)| {
+                template_fields
+                    .iter()
+                    .find(|f| &f.name == field)
+                    .map_or(i64::MAX, |f| f.sort)
+            });
+        }
+        fields
+    }
+
     /// The DingTalk userid of a CI login or e-mail (case-insensitive), from `users`.
     fn userid(&self, login: &str) -> Option<&str> {
         self.users
@@ -394,6 +653,11 @@ impl Mapper {
 /// `check-config`.
 pub fn variables() -> &'static [(&'static str, &'static str)] {
     vars::VARIABLES
+}
+
+/// Names and one-line descriptions of the variables a digest route's field template sees.
+pub fn digest_variables() -> &'static [(&'static str, &'static str)] {
+    digest::VARIABLES
 }
 
 /// Cuts `content` to [`MAX_CONTENT_CHARS`] characters (not bytes), ending with the visible
@@ -513,6 +777,9 @@ fn compile_branches(
 
 /// Instructions one render may execute (a normal field template needs a few hundred).
 const RENDER_FUEL: u64 = 100_000;
+/// Instructions one digest render may execute: it loops over up to `max_lines` (at most
+/// 1000) pipelines and every standup of a period.
+const DIGEST_RENDER_FUEL: u64 = 5_000_000;
 
 /// The template environment every field template is compiled in.
 fn environment() -> Environment<'static> {

@@ -1,20 +1,60 @@
 //! `memory:` — a store in process memory, for tests and trials. Everything is lost when the
 //! process exits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Delivery, Enqueued, LastError, NewDelivery, QueueStats, Result, State, Store};
+use super::{
+    ClosedDigest, Delivery, DigestBuilder, DigestEvent, Enqueued, LastError, NewDelivery,
+    NewDigestEvent, QueueStats, Result, State, Store,
+};
 
 #[derive(Default)]
 struct Inner {
     deliveries: HashMap<String, Delivery>,
     lease_until: HashMap<String, DateTime<Utc>>,
     dedup: HashMap<String, (String, DateTime<Utc>)>,
+    /// Kept digest events, in arrival order.
+    digest_events: Vec<DigestEvent>,
+    /// Route → scheduled times of the digests made.
+    digest_runs: HashMap<String, BTreeMap<DateTime<Utc>, ()>>,
+}
+
+impl Inner {
+    /// The dedup key's first id when it was seen after `cutoff`.
+    fn seen(&self, key: &str, cutoff: DateTime<Utc>) -> Option<String> {
+        self.dedup
+            .get(key)
+            .filter(|(_, at)| *at > cutoff)
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Stores a new delivery, queued and due at once, with its dedup key.
+    fn insert(&mut self, new: NewDelivery) {
+        self.dedup
+            .insert(new.dedup_key.clone(), (new.id.clone(), new.received_at));
+        self.deliveries.insert(
+            new.id.clone(),
+            Delivery {
+                id: new.id,
+                route: new.route,
+                dedup_key: new.dedup_key,
+                state: State::Queued,
+                attempts: 0,
+                next_attempt_at: Some(new.received_at),
+                sending_since: None,
+                last_error: None,
+                report_id: None,
+                draft: new.draft,
+                created_at: new.received_at,
+                updated_at: new.received_at,
+            },
+        );
+    }
 }
 
 /// The in-memory store.
@@ -62,10 +102,8 @@ impl Store for MemoryStore {
             .received_at
             .checked_sub_signed(chrono_duration(dedup_window))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        if let Some((id, at)) = inner.dedup.get(&new.dedup_key)
-            && *at > cutoff
-        {
-            return Ok(Enqueued::Duplicate(id.clone()));
+        if let Some(id) = inner.seen(&new.dedup_key, cutoff) {
+            return Ok(Enqueued::Duplicate(id));
         }
         let depth = inner
             .deliveries
@@ -75,27 +113,8 @@ impl Store for MemoryStore {
         if depth >= max_queued {
             return Err(super::Error::Full(depth));
         }
-        inner
-            .dedup
-            .insert(new.dedup_key.clone(), (new.id.clone(), new.received_at));
         let id = new.id.clone();
-        inner.deliveries.insert(
-            new.id.clone(),
-            Delivery {
-                id: new.id,
-                route: new.route,
-                dedup_key: new.dedup_key,
-                state: State::Queued,
-                attempts: 0,
-                next_attempt_at: Some(new.received_at),
-                sending_since: None,
-                last_error: None,
-                report_id: None,
-                draft: new.draft,
-                created_at: new.received_at,
-                updated_at: new.received_at,
-            },
-        );
+        inner.insert(new);
         Ok(Enqueued::Queued(id))
     }
 
@@ -284,5 +303,95 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn add_digest_event(
+        &self,
+        new: NewDigestEvent,
+        dedup_window: Duration,
+    ) -> Result<Enqueued> {
+        let mut inner = self.lock();
+        let cutoff = new
+            .received_at
+            .checked_sub_signed(chrono_duration(dedup_window))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        if let Some(id) = inner.seen(&new.dedup_key, cutoff) {
+            return Ok(Enqueued::Duplicate(id));
+        }
+        inner
+            .dedup
+            .insert(new.dedup_key, (new.id.clone(), new.received_at));
+        inner.digest_events.push(DigestEvent {
+            id: new.id.clone(),
+            route: new.route,
+            group: new.group,
+            event: new.event,
+            received_at: new.received_at,
+        });
+        Ok(Enqueued::Queued(new.id))
+    }
+
+    async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
+        let mut events: Vec<DigestEvent> = self
+            .lock()
+            .digest_events
+            .iter()
+            .filter(|e| e.route == route)
+            .cloned()
+            .collect();
+        events.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        Ok(events)
+    }
+
+    async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .lock()
+            .digest_runs
+            .get(route)
+            .and_then(|runs| runs.keys().next_back().copied()))
+    }
+
+    async fn close_digest(
+        &self,
+        route: &str,
+        period_end: DateTime<Utc>,
+        _now: DateTime<Utc>,
+        build: DigestBuilder<'_>,
+    ) -> Result<Option<ClosedDigest>> {
+        let mut inner = self.lock();
+        let last = inner
+            .digest_runs
+            .get(route)
+            .and_then(|runs| runs.keys().next_back().copied());
+        if last.is_some_and(|last| last >= period_end) {
+            return Ok(None);
+        }
+        let (mut events, kept): (Vec<DigestEvent>, Vec<DigestEvent>) =
+            std::mem::take(&mut inner.digest_events)
+                .into_iter()
+                .partition(|e| e.route == route && e.received_at <= period_end);
+        events.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        let deliveries = match build(&events, last) {
+            Ok(deliveries) => deliveries,
+            Err(e) => {
+                // Nothing changes: the events go back.
+                inner.digest_events = kept.into_iter().chain(events).collect();
+                return Err(super::Error::Digest(e));
+            }
+        };
+        inner.digest_events = kept;
+        let ids = deliveries.iter().map(|d| d.id.clone()).collect();
+        for new in deliveries {
+            inner.insert(new);
+        }
+        inner
+            .digest_runs
+            .entry(route.to_owned())
+            .or_default()
+            .insert(period_end, ());
+        Ok(Some(ClosedDigest {
+            events: events.len() as u64,
+            deliveries: ids,
+        }))
     }
 }

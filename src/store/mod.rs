@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{StoreKind, store_kind};
 use crate::mapping::ReportDraft;
+use crate::sources::Event;
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
@@ -34,6 +35,9 @@ pub enum Error {
     /// The queue holds `store.max_queued` deliveries already (webhooks get 503).
     #[error("queue is full ({0} deliveries waiting)")]
     Full(u64),
+    /// A digest could not be built (a field template failed); nothing was changed.
+    #[error("building the digest failed: {0}")]
+    Digest(String),
     /// A stored row could not be read back.
     #[error("stored delivery {id} is unreadable: {message}")]
     Corrupt {
@@ -157,6 +161,55 @@ pub struct QueueStats {
     pub oldest: Option<DateTime<Utc>>,
 }
 
+/// An event of a digest route to keep until the route's next digest.
+#[derive(Debug, Clone)]
+pub struct NewDigestEvent {
+    /// Its id (UUID v7).
+    pub id: String,
+    /// Route name.
+    pub route: String,
+    /// The group whose report it goes into.
+    pub group: String,
+    /// Dedup key, as for deliveries.
+    pub dedup_key: String,
+    /// The event.
+    pub event: Event,
+    /// When the webhook was accepted.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A kept digest event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigestEvent {
+    /// Id.
+    pub id: String,
+    /// Route name.
+    pub route: String,
+    /// Group.
+    pub group: String,
+    /// The event.
+    pub event: Event,
+    /// Accepted at.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What closing a digest did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedDigest {
+    /// Events folded (and removed from the pending ones).
+    pub events: u64,
+    /// Ids of the deliveries queued (one per report).
+    pub deliveries: Vec<String>,
+}
+
+/// Turns a period's events (and the end of the previous digest, if any) into the deliveries
+/// to queue; `Err` aborts the close with nothing changed.
+pub type DigestBuilder<'a> = &'a (
+        dyn Fn(&[DigestEvent], Option<DateTime<Utc>>) -> Result<Vec<NewDelivery>, String>
+            + Send
+            + Sync
+    );
+
 /// The delivery store. Implementations are safe to share between tasks and, for the durable
 /// ones, between processes.
 #[async_trait]
@@ -221,6 +274,29 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<()>;
+    /// Keeps an event for its route's next digest unless its dedup key was seen within
+    /// `dedup_window` (the same keys as deliveries). Durable once it returns.
+    async fn add_digest_event(
+        &self,
+        new: NewDigestEvent,
+        dedup_window: Duration,
+    ) -> Result<Enqueued>;
+    /// The events `route` keeps for its next digest, oldest first.
+    async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>>;
+    /// The scheduled time of `route`'s latest digest.
+    async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>>;
+    /// Makes `route`'s digest for the period ending at `period_end`, once: in one transaction
+    /// it records the digest, hands every kept event received up to `period_end` to `build`,
+    /// queues the deliveries it returns and removes the events. Returns `None`, changing
+    /// nothing, when this digest (or a later one) was already made, by this process or
+    /// another replica.
+    async fn close_digest(
+        &self,
+        route: &str,
+        period_end: DateTime<Utc>,
+        now: DateTime<Utc>,
+        build: DigestBuilder<'_>,
+    ) -> Result<Option<ClosedDigest>>;
 }
 
 /// Opens the store `url` selects (creating and migrating a SQLite file as needed).

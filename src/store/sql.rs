@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{Delivery, Error, LastError, Result, State};
+use super::{Delivery, DigestEvent, Error, LastError, Result, State};
 
 /// The columns [`row_to_delivery`] reads, in order.
 pub(super) const COLUMNS: &str = "id, route, dedup_key, state, attempts, next_attempt_at, \
@@ -97,4 +97,48 @@ where
         updated_at: from_ms(number("updated_at")?),
         id,
     })
+}
+
+/// The columns [`row_to_digest_event`] reads, in order.
+pub(super) const DIGEST_COLUMNS: &str = "id, route, group_key, event, received_at";
+
+/// Turns a `digest_events` row into a [`DigestEvent`].
+pub(super) fn row_to_digest_event<R: Row>(row: &R) -> Result<DigestEvent>
+where
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get(0).map_err(unavailable)?;
+    let event: String = row.try_get(3).map_err(unavailable)?;
+    let event = serde_json::from_str(&event).map_err(|e| Error::Corrupt {
+        id: id.clone(),
+        message: format!("event: {e}"),
+    })?;
+    Ok(DigestEvent {
+        route: row.try_get(1).map_err(unavailable)?,
+        group: row.try_get(2).map_err(unavailable)?,
+        event,
+        received_at: from_ms(row.try_get(4).map_err(unavailable)?),
+        id,
+    })
+}
+
+/// Decodes the rows of a digest's period, leaving out (and logging) any that cannot be read:
+/// one corrupt row must not stop every later digest of its route. It stays stored.
+pub(super) fn decode_digest_rows<R: Row>(rows: &[R]) -> Vec<DigestEvent>
+where
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    rows.iter()
+        .filter_map(|row| match row_to_digest_event(row) {
+            Ok(event) => Some(event),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping an unreadable digest event");
+                None
+            }
+        })
+        .collect()
 }
