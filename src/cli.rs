@@ -105,10 +105,10 @@ pub async fn render(
         ));
     }
     if digest
-        && !settings
+        && settings
             .routes
             .get(route)
-            .is_some_and(|r| r.digest.is_some())
+            .is_none_or(|r| r.digest.is_none())
     {
         return Err(anyhow!("--digest: routes.{route} has no digest settings"));
     }

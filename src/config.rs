@@ -1182,6 +1182,78 @@ routes:
     }
 
     #[test]
+    fn digest_settings_parse_and_are_checked() {
+        let s = settings("    digest: {schedule: \"18:00\"}\n");
+        let digest = s.routes["ci"].digest.clone().unwrap();
+        assert_eq!(digest.schedule, vec!["18:00"]);
+        assert_eq!(digest.group_by, DigestGroupBy::Author);
+        assert_eq!(digest.max_lines, 20);
+        assert_eq!(digest.grace, Duration::from_secs(6 * 3600));
+        assert!(
+            s.issues(Mode::Offline).is_empty(),
+            "{:?}",
+            s.issues(Mode::Offline)
+        );
+        let s = settings(
+            "    digest: {schedule: [\"09:30\", \"18:00\"], weekdays: [mon, FRI], timezone: Europe/Berlin, group_by: project, grace: 2h}\n",
+        );
+        assert!(
+            s.issues(Mode::Offline).is_empty(),
+            "{:?}",
+            s.issues(Mode::Offline)
+        );
+        let cases: &[(&str, &str)] = &[
+            ("{schedule: \"25:00\"}", "routes.ci.digest.schedule[0]"),
+            ("{schedule: \"6pm\"}", "routes.ci.digest.schedule[0]"),
+            ("{schedule: []}", "routes.ci.digest.schedule"),
+            (
+                "{schedule: \"18:00\", weekdays: [someday]}",
+                "routes.ci.digest.weekdays[0]",
+            ),
+            (
+                "{schedule: \"18:00\", timezone: Mars/Base}",
+                "routes.ci.digest.timezone",
+            ),
+            (
+                "{schedule: \"18:00\", max_lines: 0}",
+                "routes.ci.digest.max_lines",
+            ),
+            (
+                "{schedule: \"18:00\", grace: 4000d}",
+                "routes.ci.digest.grace",
+            ),
+            (
+                "{schedule: \"18:00\", send_empty: true}",
+                "routes.ci.digest.send_empty",
+            ),
+        ];
+        for (digest, path) in cases {
+            let s = settings(&format!("    digest: {digest}\n"));
+            let issues = s.issues(Mode::Offline);
+            assert!(
+                issues.iter().any(|i| i.path == *path),
+                "{digest}: {issues:?}"
+            );
+        }
+        // A project or route digest folds several people's events: one author is needed.
+        let s = Settings::from_yaml(&format!(
+            "{}    digest: {{schedule: \"18:00\", group_by: project}}\n",
+            BASE.replace("author: \"manager01\"", "author: actor")
+        ))
+        .unwrap();
+        let issues = s.issues(Mode::Offline);
+        assert!(
+            issues.iter().any(|i| i.path == "routes.ci.digest.group_by"),
+            "{issues:?}"
+        );
+        let err = Settings::from_yaml(&format!(
+            "{BASE}    digest: {{schedule: \"18:00\", group_by: team}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("team"), "{err}");
+    }
+
+    #[test]
     fn production_requires_app_secret_and_route_secret() {
         let s = Settings::from_yaml(&BASE.replace("    secret: \"s3cret\"\n", "")).unwrap();
         let issues = s.issues(Mode::Production);

@@ -829,3 +829,4 @@ fn built_in_templates_fill_the_standard_fields() {
         }
     }
 }
+mod digest;

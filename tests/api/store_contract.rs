@@ -10,8 +10,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dingtalk_relay::config::TemplateSettings;
 use dingtalk_relay::mapping::{DraftContent, ReportDraft};
+use dingtalk_relay::sources::{Event, Standup};
 use dingtalk_relay::store::{
-    self, Delivery, Enqueued, Error, LastError, MemoryStore, NewDelivery, QueueStats, State, Store,
+    self, Delivery, DigestEvent, Enqueued, Error, LastError, MemoryStore, NewDelivery,
+    NewDigestEvent, QueueStats, State, Store,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -118,12 +120,16 @@ contract!(
     list_filters_newest_first,
     stats_and_next_due,
     prune_removes_old_delivered_and_dedup_keys,
+    digest_events_are_kept_once_per_key,
+    close_digest_folds_the_period_once,
+    a_failed_digest_build_changes_nothing,
 );
 
 contract!(
     [sqlite, postgres]
     concurrent_enqueue_of_one_key_queues_once,
     concurrent_claims_take_each_delivery_once,
+    concurrent_closes_make_one_digest,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -801,4 +807,216 @@ async fn concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
         assert_eq!((d.state, d.attempts), (State::Delivering, 1), "{}", d.id);
     }
     assert!(store.claim(now, 10, HOUR).await.expect("claim").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digests
+
+fn digest_event(id: &str, route: &str, at: DateTime<Utc>) -> NewDigestEvent {
+    NewDigestEvent {
+        id: id.to_owned(),
+        route: route.to_owned(),
+        group: format!("group-{}", id.len() % 2),
+        dedup_key: format!("{route}:key-{id}"),
+        event: Event::Standup(Standup {
+            user: Some("octocat".to_owned()),
+            done: vec![format!("item {id}")],
+            ..Standup::default()
+        }),
+        received_at: at,
+    }
+}
+
+async fn keep(store: &Arc<dyn Store>, id: &str, route: &str, at: DateTime<Utc>) {
+    let outcome = store
+        .add_digest_event(digest_event(id, route, at), WINDOW)
+        .await
+        .expect("add_digest_event");
+    assert_eq!(outcome, Enqueued::Queued(id.to_owned()));
+}
+
+/// A builder that makes one delivery per event group and records what it was given.
+fn recording_builder(
+    seen: Arc<std::sync::Mutex<Vec<(Vec<String>, Option<DateTime<Utc>>)>>>,
+    now: DateTime<Utc>,
+) -> impl Fn(&[DigestEvent], Option<DateTime<Utc>>) -> Result<Vec<NewDelivery>, String> + Send + Sync
+{
+    move |events, last| {
+        seen.lock()
+            .unwrap()
+            .push((events.iter().map(|e| e.id.clone()).collect(), last));
+        let groups: std::collections::BTreeSet<&str> =
+            events.iter().map(|e| e.group.as_str()).collect();
+        Ok(groups
+            .into_iter()
+            .map(|g| {
+                new(
+                    &format!("digest-{g}-{}", now.timestamp_millis()),
+                    &format!("digest:{g}:{}", now.timestamp_millis()),
+                    now,
+                )
+            })
+            .collect())
+    }
+}
+
+async fn digest_events_are_kept_once_per_key(store: Arc<dyn Store>) {
+    let t = t0();
+    keep(&store, "e1", "daily", t).await;
+    keep(&store, "e22", "daily", t + secs(1)).await;
+    keep(&store, "x1", "other", t + secs(2)).await;
+    let again = store
+        .add_digest_event(digest_event("e1-again", "daily", t + secs(3)), WINDOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Enqueued::Queued("e1-again".to_owned()),
+        "another key"
+    );
+    let mut duplicate = digest_event("e9", "daily", t + secs(4));
+    duplicate.dedup_key = "daily:key-e1".to_owned();
+    let outcome = store.add_digest_event(duplicate, WINDOW).await.unwrap();
+    assert_eq!(outcome, Enqueued::Duplicate("e1".to_owned()));
+    // Keys are shared with deliveries: a delivery cannot reuse a digest event's key either.
+    let outcome = store
+        .enqueue(new("d1", "daily:key-e22", t + secs(5)), WINDOW, ROOMY)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Enqueued::Duplicate("e22".to_owned()));
+    let kept = store.digest_events("daily").await.unwrap();
+    let ids: Vec<&str> = kept.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, vec!["e1", "e22", "e1-again"]);
+    assert_eq!(kept[1].group, "group-1");
+    assert_eq!(kept[1].received_at, t + secs(1));
+    assert!(matches!(&kept[0].event, Event::Standup(s) if s.done == vec!["item e1"]));
+    assert_eq!(store.digest_events("other").await.unwrap().len(), 1);
+    assert!(store.digest_events("none").await.unwrap().is_empty());
+    assert_eq!(store.last_digest("daily").await.unwrap(), None);
+}
+
+async fn close_digest_folds_the_period_once(store: Arc<dyn Store>) {
+    let t = t0();
+    keep(&store, "a", "daily", t).await;
+    keep(&store, "bb", "daily", t + secs(1)).await;
+    keep(&store, "c", "daily", t + secs(10)).await;
+    keep(&store, "z", "other", t).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let end = t + secs(5);
+    let build = recording_builder(seen.clone(), end);
+    let closed = store
+        .close_digest("daily", end, t, &build)
+        .await
+        .unwrap()
+        .expect("made");
+    assert_eq!(closed.events, 2);
+    assert_eq!(closed.deliveries.len(), 2, "one per group");
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        (vec!["a".to_owned(), "bb".to_owned()], None)
+    );
+    for id in &closed.deliveries {
+        assert_eq!(get(&store, id).await.state, State::Queued);
+    }
+    let claimed = store.claim(end + secs(1), 10, HOUR).await.unwrap();
+    assert_eq!(sorted_ids(&claimed).len(), 2);
+    let left: Vec<String> = store
+        .digest_events("daily")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(left, vec!["c"]);
+    assert_eq!(
+        store.digest_events("other").await.unwrap().len(),
+        1,
+        "other routes untouched"
+    );
+    assert_eq!(store.last_digest("daily").await.unwrap(), Some(end));
+    // The same digest, or an earlier one, is not made again.
+    for again in [end, end - secs(1)] {
+        let made = store.close_digest("daily", again, t, &build).await.unwrap();
+        assert_eq!(made, None);
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the builder was not called again"
+    );
+    // The next period starts where this one ended.
+    let next = t + secs(20);
+    let build = recording_builder(seen.clone(), next);
+    let closed = store
+        .close_digest("daily", next, t, &build)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.events, 1);
+    assert_eq!(seen.lock().unwrap()[1], (vec!["c".to_owned()], Some(end)));
+    // An empty period is recorded too, with nothing to send.
+    let empty = t + secs(30);
+    let build = recording_builder(seen.clone(), empty);
+    let closed = store
+        .close_digest("daily", empty, t, &build)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((closed.events, closed.deliveries.len()), (0, 0));
+    assert_eq!(store.last_digest("daily").await.unwrap(), Some(empty));
+}
+
+async fn a_failed_digest_build_changes_nothing(store: Arc<dyn Store>) {
+    let t = t0();
+    keep(&store, "a", "daily", t).await;
+    let failing = |_: &[DigestEvent], _: Option<DateTime<Utc>>| Err("template exploded".to_owned());
+    let err = store
+        .close_digest("daily", t + secs(1), t, &failing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Digest(m) if m.contains("exploded")),
+        "{err}"
+    );
+    assert_eq!(store.digest_events("daily").await.unwrap().len(), 1);
+    assert_eq!(store.last_digest("daily").await.unwrap(), None);
+    assert_eq!(store.stats().await.unwrap().depth, 0);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let build = recording_builder(seen, t + secs(1));
+    let closed = store
+        .close_digest("daily", t + secs(1), t, &build)
+        .await
+        .unwrap();
+    assert_eq!(closed.map(|c| c.events), Some(1), "a later try makes it");
+}
+
+async fn concurrent_closes_make_one_digest(store: Arc<dyn Store>) {
+    let t = t0();
+    for i in 0..20 {
+        keep(&store, &format!("e{i:02}"), "daily", t + millis(i)).await;
+    }
+    let end = t + secs(1);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let build = recording_builder(seen, end);
+            store.close_digest("daily", end, t, &build).await
+        }));
+    }
+    let mut made = Vec::new();
+    for task in tasks {
+        if let Some(closed) = task.await.unwrap().expect("close_digest") {
+            made.push(closed);
+        }
+    }
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].events, 20);
+    assert_eq!(
+        store.stats().await.unwrap().depth,
+        1,
+        "one delivery (one group), once"
+    );
+    assert!(store.digest_events("daily").await.unwrap().is_empty());
 }
