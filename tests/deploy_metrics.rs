@@ -45,6 +45,12 @@ routes:
     template: {{name: "日报"}}
     author: "manager01"
     to_userids: ["lead01"]
+  daily:
+    source: generic
+    secret: "{SECRET}"
+    template: {{name: "日报"}}
+    author: "manager01"
+    digest: {{schedule: "18:00", group_by: route}}
 "#,
         app_key = options.app_key,
         app_secret = options.app_secret,
@@ -122,6 +128,7 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     let app = Application::build(settings, Mode::Production)
         .await
         .expect("app builds");
+    let state = app.state().clone();
     let hooks = format!("http://127.0.0.1:{}/v1/hooks", app.port());
     let admin = format!("http://127.0.0.1:{}", app.admin_port());
     let cancel = CancellationToken::new();
@@ -148,6 +155,14 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
             .await
             .expect("webhook sent");
     }
+
+    // A digest made (the digest series), with nothing in it to send.
+    let settings = state.settings();
+    let at = dingtalk_relay::digest::schedule_of(&settings, &settings.routes["daily"])
+        .and_then(|s| s.next_after(chrono::Utc::now()))
+        .expect("daily has a schedule");
+    let made = dingtalk_relay::digest::make_due(&state, at).await;
+    assert_eq!(made.len(), 1, "{made:?}");
 
     // Wait until every accepted delivery is settled: 60011 failed, 90020 deferred (the quota
     // pause keeps it queued), 1 delivered.
