@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod delivery_retry;
+mod limits;
 mod metrics;
 mod process;
 mod sources;
