@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod delivery_retry;
 mod limits;
+mod load;
 mod metrics;
 mod process;
 mod sources;
