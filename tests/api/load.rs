@@ -56,6 +56,23 @@ fn sample(pid: u32) -> Sample {
     }
 }
 
+/// Established TCP connections (either end) on local port `port`, from `/proc/net/tcp`.
+fn connections_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st: "0100007F:1F90 0100007F:D2C4 01" (01 = established)
+            columns.len() > 3
+                && columns[3] == "01"
+                && (columns[1].ends_with(&port) || columns[2].ends_with(&port))
+        })
+        .count()
+}
+
 #[allow(
     clippy::print_stderr,
     reason = "the figures are printed for SECURITY.md"
@@ -112,8 +129,13 @@ async fn load_test_64_senders_slow_dingtalk_small_queue_bounded_and_nothing_lost
         .await
     );
     drop(warm_up);
-    // Idle keep-alive connections are closed after the header timeout; let them go.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let port: u16 = relay.address.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            connections_on(port) == 0
+        })
+        .await
+    );
     let baseline = sample(pid);
 
     // Sampler: the relay's file descriptors, memory and threads every 200 ms.
@@ -229,6 +251,10 @@ async fn load_test_64_senders_slow_dingtalk_small_queue_bounded_and_nothing_lost
     })
     .await;
     // Connections closed: those of the senders are gone, idle ones time out after 2 s.
+    let disconnected = poll_until(Duration::from_secs(30), || async {
+        connections_on(port) == 0
+    })
+    .await;
     let settled = poll_until(Duration::from_secs(30), || async {
         sample(pid).fds <= baseline.fds + FD_SLACK
     })
@@ -280,6 +306,10 @@ async fn load_test_64_senders_slow_dingtalk_small_queue_bounded_and_nothing_lost
     assert_eq!(
         slow_closed, SLOW_CLIENTS,
         "slow-loris connections left open"
+    );
+    assert!(
+        disconnected,
+        "connections to the webhook listener left open"
     );
     assert!(
         settled,
