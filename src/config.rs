@@ -95,12 +95,38 @@ pub struct ServerSettings {
     /// When set, `/v1/*` on the admin listener needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub admin_token: Option<Secret>,
-    /// Longest time one HTTP request may take before it is answered 503/408.
+    /// Longest time one webhook request may take (reading the body included); then it is
+    /// answered 503 with `Retry-After`.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A client must send a whole request head within this time, on a new connection or
+    /// between requests on a kept-alive one, or the connection is closed (both listeners;
+    /// slow-loris). Changing it needs a restart.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// Most webhook requests in progress at once; more get 503 with `Retry-After` at once.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+}
+
+/// `routes.<name>.rate_limit`: a token bucket for the route's authenticated webhooks; beyond
+/// it they get 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Webhooks per second on average; fractions allowed (`0.5` is one every two seconds).
+    pub per_second: f64,
+    /// Webhooks taken at once after a quiet spell; default: `per_second` rounded up.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitSettings {
+    /// The bucket size: `burst`, or `per_second` rounded up (at least 1).
+    pub fn burst(&self) -> u32 {
+        self.burst
+            .unwrap_or_else(|| self.per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+    }
 }
 
 /// `dingtalk.*`
@@ -265,6 +291,9 @@ pub struct RouteSettings {
     /// Accept unauthenticated webhooks on this route (refused without it when `secret` is unset).
     #[serde(default)]
     pub insecure: bool,
+    /// Most webhooks this route takes (checked after authentication); none by default.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSettings>,
     /// Name of the app in `dingtalk.apps` that posts the report.
     #[serde(default = "default_app")]
     pub app: String,
@@ -426,6 +455,9 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(40)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_concurrent_requests() -> usize {
     1024
@@ -624,6 +656,17 @@ impl Settings {
                 "must be greater than 0".to_owned(),
             );
         }
+        for (key, value) in [
+            ("server.request_timeout", self.server.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                push(key.to_owned(), "must be greater than 0".to_owned());
+            }
+        }
         if let Some(token) = &self.server.admin_token
             && token.expose().is_empty()
         {
@@ -715,6 +758,10 @@ impl Settings {
         // Durations beyond ten years are typos, and would overflow time arithmetic.
         for (key, value) in [
             ("server.request_timeout", self.server.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
             ("dingtalk.timeout", self.dingtalk.timeout),
             (
                 "dingtalk.token_refresh_margin",
@@ -807,6 +854,21 @@ impl Settings {
                 ),
             ),
             _ => {}
+        }
+        if let Some(limit) = &route.rate_limit {
+            if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
+                push(
+                    format!("{path}.rate_limit.per_second"),
+                    "must be a number greater than 0 (e.g. 0.5 for one every two seconds)"
+                        .to_owned(),
+                );
+            }
+            if limit.burst == Some(0) {
+                push(
+                    format!("{path}.rate_limit.burst"),
+                    "must be at least 1".to_owned(),
+                );
+            }
         }
         if !self.dingtalk.apps.contains_key(&route.app) {
             push(
@@ -1251,6 +1313,42 @@ routes:
         ))
         .unwrap_err();
         assert!(err.to_string().contains("team"), "{err}");
+    }
+
+    #[test]
+    fn rate_limits_must_be_positive() {
+        for (extra, path) in [
+            ("{per_second: 0}", "routes.ci.rate_limit.per_second"),
+            ("{per_second: -2}", "routes.ci.rate_limit.per_second"),
+            ("{per_second: 5, burst: 0}", "routes.ci.rate_limit.burst"),
+        ] {
+            let s = settings(&format!("    rate_limit: {extra}\n"));
+            let issues = s.issues(Mode::Offline);
+            assert!(issues.iter().any(|i| i.path == path), "{extra}: {issues:?}");
+        }
+        let err = Settings::from_yaml(&format!(
+            "{BASE}    rate_limit: {{per_second: 5, burst: -1}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("burst"), "{err}");
+        let s = settings("    rate_limit: {per_second: 0.5}\n");
+        assert!(s.issues(Mode::Offline).is_empty());
+        assert_eq!(s.routes["ci"].rate_limit.unwrap().burst(), 1);
+    }
+
+    #[test]
+    fn server_timeouts_must_be_positive() {
+        let s = settings("").server;
+        assert_eq!(s.header_read_timeout, Duration::from_secs(10));
+        let s = Settings::from_yaml(&BASE.replace(
+            "admin_listen: \"127.0.0.1:8081\"}",
+            "admin_listen: \"127.0.0.1:8081\", header_read_timeout: 0s, request_timeout: 0s}",
+        ))
+        .unwrap();
+        let issues = s.issues(Mode::Offline);
+        for path in ["server.header_read_timeout", "server.request_timeout"] {
+            assert!(issues.iter().any(|i| i.path == path), "{path}: {issues:?}");
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Metrics {
         ];
         let webhooks_received = counter(
             "dingtalk_relay_webhooks_received_total",
-            "Webhooks received, by route and outcome (accepted, duplicate, ignored, invalid, unauthorized, not_found, too_large, unsupported_media_type, unavailable).",
+            "Webhooks received, by route and outcome (accepted, duplicate, ignored, invalid, unauthorized, not_found, too_large, unsupported_media_type, unavailable, rate_limited).",
             &["route", "outcome"],
         );
         let deliveries = counter(

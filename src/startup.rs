@@ -88,6 +88,10 @@ impl Reloader {
                 old.server.admin_listen == settings.server.admin_listen,
             ),
             ("store.url", old.store.url == settings.store.url),
+            (
+                "server.header_read_timeout",
+                old.server.header_read_timeout == settings.server.header_read_timeout,
+            ),
         ] {
             if !same {
                 return Err(format!("{key} changed: that needs a restart"));
@@ -192,6 +196,7 @@ impl Application {
             metrics,
             sandbox,
             reloader,
+            rate_limits: Arc::default(),
         };
         Ok(Self {
             listener,
@@ -222,18 +227,23 @@ impl Application {
     /// Serves both listeners and runs the workers until `cancel` fires; then stops taking
     /// webhooks, finishes the requests and deliveries in flight, and returns.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let webhook = axum::serve(self.listener, inbound::router(self.state.clone()))
-            .with_graceful_shutdown(cancel.clone().cancelled_owned());
-        let admin = axum::serve(
+        // Read once: like the listen addresses, the header timeout changes with a restart.
+        let header_timeout = self.state.settings().server.header_read_timeout;
+        let webhook = inbound::serve::serve(
+            self.listener,
+            inbound::router(self.state.clone()),
+            header_timeout,
+            cancel.clone(),
+        );
+        let admin = inbound::serve::serve(
             self.admin_listener,
             inbound::admin_router(self.state.clone()),
-        )
-        .with_graceful_shutdown(cancel.clone().cancelled_owned());
+            header_timeout,
+            cancel.clone(),
+        );
         let workers = tokio::spawn(self.worker.run(cancel.clone()));
         let digests = tokio::spawn(crate::digest::run(self.state.clone(), cancel.clone()));
-        let (webhook, admin) = tokio::join!(webhook, admin);
-        webhook.context("webhook listener")?;
-        admin.context("admin listener")?;
+        tokio::join!(webhook, admin);
         workers.await.context("delivery workers")?;
         digests.await.context("digest scheduler")?;
         tracing::info!("stopped");

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use crate::config::Settings;
 use crate::delivery::DeliveryHandle;
 use crate::dingtalk::DingTalkClient;
+use crate::inbound::rate_limit::RateLimiter;
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::sandbox::FakeDingTalk;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub sandbox: Option<FakeDingTalk>,
     /// Re-reads the configuration (SIGHUP, `POST /-/reload`).
     pub reloader: Arc<Reloader>,
+    /// The token buckets of routes with a `rate_limit`.
+    pub rate_limits: Arc<RateLimiter>,
 }
 
 impl AppState {

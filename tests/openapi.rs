@@ -118,6 +118,12 @@ routes:
     template: {{name: "日报"}}
     author: "manager01"
     digest: {{schedule: "18:00", group_by: route}}
+  limited:
+    source: generic
+    insecure: true
+    template: {{name: "日报"}}
+    author: "manager01"
+    rate_limit: {{per_second: 0.01, burst: 1}}
   explode:
     source: generic
     insecure: true
@@ -812,6 +818,12 @@ async fn every_endpoint_answers_as_documented() {
         415,
     )
     .await;
+    doc.expect(post, hook, relay.hook("limited").body(bytes(&job(12))), 202)
+        .await;
+    let limited = doc
+        .expect(post, hook, relay.hook("limited").body(bytes(&job(13))), 429)
+        .await;
+    assert_eq!(limited["error"]["code"], "rate_limited");
     let mut boom = job(11);
     boom["summary"] = json!("boom");
     doc.expect(post, hook, relay.hook("explode").body(bytes(&boom)), 500)

@@ -1631,6 +1631,7 @@ const HUGE_DURATIONS: &[&str] = &[
 /// Keys whose values are humantime durations.
 const DURATION_KEYS: &[&str] = &[
     "request_timeout",
+    "header_read_timeout",
     "timeout",
     "token_refresh_margin",
     "template_cache_ttl",
@@ -1771,6 +1772,7 @@ fn settings_doc(huge: bool, wild: bool) -> impl Strategy<Value = String> {
         "max_body_bytes",
         "admin_token",
         "request_timeout",
+        "header_read_timeout",
     ];
     const DINGTALK: &[&str] = &[
         "base_url",
@@ -1947,8 +1949,12 @@ fn settings_doc(huge: bool, wild: bool) -> impl Strategy<Value = String> {
                         }
                         if let Some(fields) = fields {
                             y.push_str("    fields:\n");
+                            let mut seen = std::collections::HashSet::new();
                             for (field, template) in fields {
-                                y.push_str(&format!("      \"{field}\": {template}\n"));
+                                // A repeated key is a YAML error, not what is being tested.
+                                if seen.insert(field.clone()) {
+                                    y.push_str(&format!("      \"{field}\": {template}\n"));
+                                }
                             }
                         }
                     }

@@ -17,7 +17,7 @@ pub struct ApiError {
     pub message: String,
     /// The payload field at fault, for 400s.
     pub field: Option<String>,
-    /// Seconds for `Retry-After` (503).
+    /// Seconds for `Retry-After` (503, 429).
     pub retry_after: Option<u64>,
 }
 
@@ -100,6 +100,18 @@ impl ApiError {
         Self {
             retry_after: Some(retry_after),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    /// 429 with `Retry-After`: the route's `rate_limit` is used up for now.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this route's rate_limit is used up; try again after Retry-After seconds",
+            )
         }
     }
 

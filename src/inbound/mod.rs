@@ -6,9 +6,9 @@
 pub mod admin;
 pub mod error;
 pub mod openapi;
+pub mod rate_limit;
+pub mod serve;
 pub mod webhook;
-
-use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request, State};
@@ -25,18 +25,16 @@ use crate::state::AppState;
 
 /// The webhook listener's router.
 pub fn router(state: AppState) -> Router {
-    let settings = state.settings();
-    let timeout = settings.server.request_timeout;
-    let max_concurrent = settings.server.max_concurrent_requests.max(1);
+    let max_concurrent = state.settings().server.max_concurrent_requests.max(1);
     webhook::routes()
         .fallback(|| async { ApiError::not_found("only POST /v1/hooks/{route} is served here") })
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            time_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             (state.clone(), "webhook"),
             track,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            timeout + Duration::from_secs(5),
         ))
         // Beyond the cap, answer 503 at once rather than queueing without bound.
         .layer(
@@ -49,6 +47,30 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// How long a client is asked to wait after its request ran out of time.
+const TIMED_OUT_RETRY_AFTER_SECS: u64 = 5;
+
+/// Cuts a webhook request off after `server.request_timeout` (read per request, so a reload
+/// applies) with the JSON 503 and `Retry-After`. A delivery stored before the cut is kept; the
+/// sender's retry is answered `200 duplicate`.
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.settings().server.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                timeout = %humantime::format_duration(limit),
+                "webhook request took longer than server.request_timeout"
+            );
+            ApiError::unavailable(
+                "the request took longer than server.request_timeout; try again",
+                TIMED_OUT_RETRY_AFTER_SECS,
+            )
+            .into_response()
+        }
+    }
 }
 
 /// A handler panicked: answer the one JSON 500 and keep serving (the panic is logged).

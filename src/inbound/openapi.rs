@@ -28,6 +28,7 @@ pub const ERROR_CODES: &[&str] = &[
     "payload_too_large",
     "unsupported_media_type",
     "unavailable",
+    "rate_limited",
     "internal",
 ];
 
@@ -72,7 +73,7 @@ fn build() -> Value {
             "responses": shared_responses(),
             "headers": {
                 "RetryAfter": {
-                    "description": "Seconds to wait before trying again (5 when the store is unreachable, 30 when the queue is full, 1 when the webhook listener has `server.max_concurrent_requests` requests in progress).",
+                    "description": "Seconds to wait before trying again (5 when the store is unreachable or the request took longer than `server.request_timeout`, 30 when the queue is full, 1 when the webhook listener has `server.max_concurrent_requests` requests in progress; for 429, until the route's rate limit allows the next webhook).",
                     "required": true,
                     "schema": {"type": "integer", "minimum": 1},
                 },
@@ -228,6 +229,11 @@ fn webhook_path() -> Value {
                     &["unsupported_media_type"],
                     false,
                 ),
+                "429": error_response(
+                    "The route's `rate_limit` is used up (checked after authentication, so only webhooks that authenticated count). Nothing is stored. Try again after `Retry-After` seconds.",
+                    &["rate_limited"],
+                    true,
+                ),
                 "500": error_response(
                     "The route's field template failed to render for this event (a configuration mistake; the detail is logged), or a bug (a handler panicked; either listener answers such a bug with this shape). Nothing is stored.",
                     &["internal"],
@@ -245,7 +251,7 @@ fn webhook_path() -> Value {
 
 fn webhook_description() -> String {
     format!(
-        "Checks, in order: the route exists (404), the size (413), authentication (401), `?wait=` (400), the content type (415), the payload (400), the route's filters (`200 ignored`), then stores the delivery durably (`202 queued`, or `200 duplicate`, or `503` + `Retry-After` when the store is unreachable or holds `store.max_queued` waiting deliveries). Beyond `server.max_concurrent_requests` requests in progress, `503` + `Retry-After` is answered at once. With `?wait=SECONDS` (at most {MAX_WAIT_SECS}) the answer is held until the report exists (`201`), failed for good (`502`) or the time is up (`202`).\n\nSources and their headers: `github` (`X-GitHub-Event`, `X-Hub-Signature-256`), `gitlab` (`X-Gitlab-Event`, `X-Gitlab-Token`), `gitea`/`forgejo`, `jenkins`, `circleci`, `buildkite`, `drone`, `azure-devops`, `bitbucket` — see the README's CI systems table. A request that takes longer than `server.request_timeout` + 5 s is cut off with a bare `503` (no body)."
+        "Checks, in order: the route exists (404), the size (413), authentication (401), the route's `rate_limit` (429 + `Retry-After`), `?wait=` (400), the content type (415), the payload (400), the route's filters (`200 ignored`), then stores the delivery durably (`202 queued`, or `200 duplicate`, or `503` + `Retry-After` when the store is unreachable or holds `store.max_queued` waiting deliveries). Beyond `server.max_concurrent_requests` requests in progress, `503` + `Retry-After` is answered at once. With `?wait=SECONDS` (at most {MAX_WAIT_SECS}) the answer is held until the report exists (`201`), failed for good (`502`) or the time is up (`202`).\n\nSources and their headers: `github` (`X-GitHub-Event`, `X-Hub-Signature-256`), `gitlab` (`X-Gitlab-Event`, `X-Gitlab-Token`), `gitea`/`forgejo`, `jenkins`, `circleci`, `buildkite`, `drone`, `azure-devops`, `bitbucket` — see the README's CI systems table. A request that takes longer than `server.request_timeout` is answered `503` + `Retry-After` (a delivery already stored stays; the retry is a `200 duplicate`). A connection that does not send a whole request head within `server.header_read_timeout` is closed without an answer."
     )
 }
 
@@ -592,7 +598,7 @@ fn shared_responses() -> Value {
         ),
         "DeliveryNotFound": error_response("No delivery with that id.", &["not_found"], false),
         "Unavailable": error_response(
-            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries, or (webhooks) `server.max_concurrent_requests` requests are already in progress; nothing was accepted. Try again after `Retry-After` seconds.",
+            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries, or (webhooks) `server.max_concurrent_requests` requests are already in progress, or (webhooks) the request took longer than `server.request_timeout`; nothing was accepted unless the time ran out after storing (a retry then answers `200 duplicate`). Try again after `Retry-After` seconds.",
             &["unavailable"],
             true,
         ),

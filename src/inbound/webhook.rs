@@ -1,5 +1,6 @@
-//! `POST /v1/hooks/{route}`: route lookup → size limit → authentication → content type →
-//! parse → map → durable enqueue (→ optional `?wait=`), with the answers of spec §5.
+//! `POST /v1/hooks/{route}`: route lookup → size limit → authentication → rate limit →
+//! content type → parse → map → durable enqueue (→ optional `?wait=`), with the answers of
+//! spec §5.
 
 use std::time::Duration;
 
@@ -205,6 +206,7 @@ async fn receive_webhook(
                 StatusCode::PAYLOAD_TOO_LARGE => "too_large",
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                StatusCode::TOO_MANY_REQUESTS => "rate_limited",
                 _ => "error",
             };
             if error.status.is_server_error() {
@@ -258,6 +260,13 @@ async fn handle(
     };
     if let Some(secret) = &route.secret {
         sources::verify(route.source, secret, &request).map_err(ApiError::unauthorized)?;
+    }
+    // After authentication, so that anonymous traffic cannot use up the sender's budget.
+    if let Some(limit) = route.rate_limit {
+        state
+            .rate_limits
+            .check(route_name, limit)
+            .map_err(ApiError::rate_limited)?;
     }
     let wait = parse_wait(query)?;
     let (draft, truncated, dedup_key) =

@@ -32,6 +32,9 @@ pub struct TestConfig {
     /// More routes (YAML under `routes:`, indented 2 spaces).
     pub extra_routes: String,
     pub max_concurrent_requests: usize,
+    /// `server.request_timeout` and `server.header_read_timeout`.
+    pub request_timeout: &'static str,
+    pub header_read_timeout: &'static str,
 }
 
 impl Default for TestConfig {
@@ -50,6 +53,8 @@ impl Default for TestConfig {
             max_queued: 1000,
             extra_routes: String::new(),
             max_concurrent_requests: 1024,
+            request_timeout: "40s",
+            header_read_timeout: "10s",
         }
     }
 }
@@ -79,6 +84,8 @@ server:
   max_body_bytes: {max_body}
   admin_token: {admin_token}
   max_concurrent_requests: {max_concurrent}
+  request_timeout: {request_timeout}
+  header_read_timeout: {header_read_timeout}
 dingtalk:
   base_url: "{base_url}"
   timeout: {timeout}
@@ -126,6 +133,8 @@ routes:
         max_queued = config.max_queued,
         extra_routes = config.extra_routes,
         max_concurrent = config.max_concurrent_requests,
+        request_timeout = config.request_timeout,
+        header_read_timeout = config.header_read_timeout,
     )
 }
 

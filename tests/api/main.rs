@@ -6,6 +6,8 @@ mod helpers;
 mod admin;
 mod delivery_retry;
 mod digest;
+mod limits;
+mod load;
 mod metrics;
 mod process;
 mod sources;
