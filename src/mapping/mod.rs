@@ -320,10 +320,7 @@ impl Mapper {
         event: &Event,
         now: DateTime<Utc>,
     ) -> Result<Mapped, MappingError> {
-        let compiled = self
-            .routes
-            .get(route)
-            .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))?;
+        let compiled = self.compiled(route)?;
         let rs = &compiled.settings;
 
         if let Event::JobStatus(job) = event
@@ -357,47 +354,17 @@ impl Mapper {
             rs.author.clone()
         };
 
-        let mut to_userids: Vec<String> = Vec::with_capacity(rs.to_userids.len());
-        for entry in &rs.to_userids {
-            let userid = if entry == ACTOR {
-                match person {
-                    Some(userid) => userid,
-                    None => continue,
-                }
-            } else {
-                self.userid(entry).unwrap_or(entry)
-            };
-            if !to_userids.iter().any(|u| u == userid) {
-                to_userids.push(userid.to_owned());
-            }
-        }
+        let to_userids = self.receivers(rs, person);
 
         let fields = self.ordered_fields(rs, compiled.fields.as_ref().unwrap_or(builtins));
         let mut contents = Vec::with_capacity(fields.len());
         let mut truncated = Vec::new();
-        for (field, name) in &fields {
-            let render_error = |e: minijinja::Error| MappingError::Render {
-                route: route.to_owned(),
-                field: field.clone(),
-                message: describe(&e),
-            };
-            let text = self
-                .env
-                .get_template(name)
-                .and_then(|t| t.render(&ctx))
-                .map_err(render_error)?;
-            let text = hard_breaks(text.trim());
-            if text.is_empty() {
-                continue;
-            }
+        for (field, text) in render_fields(&self.env, route, &fields, &ctx)? {
             let (content, cut) = truncate(&text);
             if cut {
                 truncated.push(field.clone());
             }
-            contents.push(DraftContent {
-                field: field.clone(),
-                content,
-            });
+            contents.push(DraftContent { field, content });
         }
         if contents.is_empty() {
             return Ok(Mapped::Ignored {
@@ -456,10 +423,7 @@ impl Mapper {
     /// What digest route `route` makes of `event` at intake: the route's filters apply, and
     /// the event is kept for the digest of its group, or ignored with the reason.
     pub fn admit(&self, route: &str, event: &Event) -> Result<Admitted, MappingError> {
-        let compiled = self
-            .routes
-            .get(route)
-            .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))?;
+        let compiled = self.compiled(route)?;
         let rs = &compiled.settings;
         if let Event::JobStatus(job) = event
             && let Some(reason) = filter(route, compiled, job)
@@ -497,10 +461,7 @@ impl Mapper {
         period_start: Option<DateTime<Utc>>,
         period_end: DateTime<Utc>,
     ) -> Result<Option<DigestReport>, MappingError> {
-        let compiled = self
-            .routes
-            .get(route)
-            .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))?;
+        let compiled = self.compiled(route)?;
         let rs = &compiled.settings;
         let Some(settings) = &rs.digest else {
             return Err(MappingError::UnknownRoute(format!(
@@ -517,17 +478,7 @@ impl Mapper {
         } else {
             rs.author.clone()
         };
-        let mut to_userids: Vec<String> = Vec::with_capacity(rs.to_userids.len());
-        for entry in &rs.to_userids {
-            let userid = if entry == ACTOR {
-                author.as_str()
-            } else {
-                self.userid(entry).unwrap_or(entry)
-            };
-            if !to_userids.iter().any(|u| u == userid) {
-                to_userids.push(userid.to_owned());
-            }
-        }
+        let to_userids = self.receivers(rs, Some(&author));
         let folded = digest::fold(events, tz, |login| self.userid(login));
         let earliest = events.iter().map(|(t, _)| *t).min();
         let period_start = match (period_start, earliest) {
@@ -549,26 +500,10 @@ impl Mapper {
             self.ordered_fields(rs, compiled.fields.as_ref().unwrap_or(&self.builtin_digest));
         let render = |shown: usize| -> Result<Vec<DraftContent>, MappingError> {
             let ctx = digest::context(&header, &folded, shown);
-            let mut contents = Vec::with_capacity(fields.len());
-            for (field, name) in &fields {
-                let text = self
-                    .digest_env
-                    .get_template(name)
-                    .and_then(|t| t.render(&ctx))
-                    .map_err(|e| MappingError::Render {
-                        route: route.to_owned(),
-                        field: field.clone(),
-                        message: describe(&e),
-                    })?;
-                let text = hard_breaks(text.trim());
-                if !text.is_empty() {
-                    contents.push(DraftContent {
-                        field: field.clone(),
-                        content: text,
-                    });
-                }
-            }
-            Ok(contents)
+            Ok(render_fields(&self.digest_env, route, &fields, &ctx)?
+                .into_iter()
+                .map(|(field, content)| DraftContent { field, content })
+                .collect())
         };
         // The most pipeline lines (up to max_lines) whose rendering fits every field; fewer
         // lines never make a field longer, so a binary search finds it.
@@ -641,6 +576,33 @@ impl Mapper {
         fields
     }
 
+    /// A route's compiled settings.
+    fn compiled(&self, route: &str) -> Result<&CompiledRoute, MappingError> {
+        self.routes
+            .get(route)
+            .ok_or_else(|| MappingError::UnknownRoute(route.to_owned()))
+    }
+
+    /// A route's receivers as userids, each once: entries that are keys of `users` are
+    /// mapped, and `actor` stands for `actor` (left out when `None`).
+    fn receivers(&self, rs: &RouteSettings, actor: Option<&str>) -> Vec<String> {
+        let mut to_userids: Vec<String> = Vec::with_capacity(rs.to_userids.len());
+        for entry in &rs.to_userids {
+            let userid = if entry == ACTOR {
+                match actor {
+                    Some(userid) => userid,
+                    None => continue,
+                }
+            } else {
+                self.userid(entry).unwrap_or(entry)
+            };
+            if !to_userids.iter().any(|u| u == userid) {
+                to_userids.push(userid.to_owned());
+            }
+        }
+        to_userids
+    }
+
     /// The DingTalk userid of a CI login or e-mail (case-insensitive), from `users`.
     fn userid(&self, login: &str) -> Option<&str> {
         self.users
@@ -711,6 +673,32 @@ fn filter(route: &str, compiled: &CompiledRoute, job: &JobStatus) -> Option<Stri
         }
     }
     None
+}
+
+/// Renders each (field, template name) of `fields` in `env` against `ctx`, as markdown with
+/// hard breaks; fields that render empty are left out.
+fn render_fields<S: Serialize>(
+    env: &Environment<'static>,
+    route: &str,
+    fields: &[(String, String)],
+    ctx: &S,
+) -> Result<Vec<(String, String)>, MappingError> {
+    let mut rendered = Vec::with_capacity(fields.len());
+    for (field, name) in fields {
+        let text = env
+            .get_template(name)
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| MappingError::Render {
+                route: route.to_owned(),
+                field: field.clone(),
+                message: describe(&e),
+            })?;
+        let text = hard_breaks(text.trim());
+        if !text.is_empty() {
+            rendered.push((field.clone(), text));
+        }
+    }
+    Ok(rendered)
 }
 
 /// Adds one event type's built-in templates; returns their (field, template name).

@@ -25,8 +25,11 @@ struct Inner {
 }
 
 impl Inner {
-    /// The dedup key's first id when it was seen after `cutoff`.
-    fn seen(&self, key: &str, cutoff: DateTime<Utc>) -> Option<String> {
+    /// The dedup key's first id when it was seen within `window` before `now`.
+    fn seen(&self, key: &str, now: DateTime<Utc>, window: Duration) -> Option<String> {
+        let cutoff = now
+            .checked_sub_signed(chrono_duration(window))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         self.dedup
             .get(key)
             .filter(|(_, at)| *at > cutoff)
@@ -98,11 +101,7 @@ impl Store for MemoryStore {
         max_queued: u64,
     ) -> Result<Enqueued> {
         let mut inner = self.lock();
-        let cutoff = new
-            .received_at
-            .checked_sub_signed(chrono_duration(dedup_window))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        if let Some(id) = inner.seen(&new.dedup_key, cutoff) {
+        if let Some(id) = inner.seen(&new.dedup_key, new.received_at, dedup_window) {
             return Ok(Enqueued::Duplicate(id));
         }
         let depth = inner
@@ -311,11 +310,7 @@ impl Store for MemoryStore {
         dedup_window: Duration,
     ) -> Result<Enqueued> {
         let mut inner = self.lock();
-        let cutoff = new
-            .received_at
-            .checked_sub_signed(chrono_duration(dedup_window))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        if let Some(id) = inner.seen(&new.dedup_key, cutoff) {
+        if let Some(id) = inner.seen(&new.dedup_key, new.received_at, dedup_window) {
             return Ok(Enqueued::Duplicate(id));
         }
         inner
