@@ -52,6 +52,27 @@ pub struct ReportDraft {
     pub contents: Vec<DraftContent>,
 }
 
+impl ReportDraft {
+    /// A draft of `route`'s report with these author, receivers and contents.
+    fn new(
+        route: &RouteSettings,
+        author: String,
+        to_userids: Vec<String>,
+        contents: Vec<DraftContent>,
+    ) -> Self {
+        Self {
+            app: route.app.clone(),
+            template: route.template.clone(),
+            author,
+            to_userids,
+            to_cids: route.to_cids.clone(),
+            to_chat: route.to_chat,
+            dd_from: route.dd_from.clone(),
+            contents,
+        }
+    }
+}
+
 /// One filled field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DraftContent {
@@ -372,16 +393,7 @@ impl Mapper {
             });
         }
         Ok(Mapped::Report {
-            draft: ReportDraft {
-                app: rs.app.clone(),
-                template: rs.template.clone(),
-                author,
-                to_userids,
-                to_cids: rs.to_cids.clone(),
-                to_chat: rs.to_chat,
-                dd_from: rs.dd_from.clone(),
-                contents,
-            },
+            draft: ReportDraft::new(rs, author, to_userids, contents),
             truncated,
         })
     }
@@ -541,16 +553,7 @@ impl Mapper {
         }
         Ok(Some(DigestReport {
             group: group.to_owned(),
-            draft: ReportDraft {
-                app: rs.app.clone(),
-                template: rs.template.clone(),
-                author,
-                to_userids,
-                to_cids: rs.to_cids.clone(),
-                to_chat: rs.to_chat,
-                dd_from: rs.dd_from.clone(),
-                contents,
-            },
+            draft: ReportDraft::new(rs, author, to_userids, contents),
             events: folded.events,
             summarised: folded.pipelines_len() - shown.min(folded.pipelines_len()),
             cut,
