@@ -1414,6 +1414,39 @@ static MAPPER: LazyLock<Mapper> = LazyLock::new(|| {
     Mapper::new(&settings).unwrap_or_else(|e| panic!("{e:?}"))
 });
 
+/// A mapper with digest routes: built-in digest templates listing up to 1000 lines, and
+/// custom fields showing every digest variable.
+static DIGEST_MAPPER: LazyLock<Mapper> = LazyLock::new(|| {
+    let mut yaml = MAPPING_YAML.to_owned();
+    yaml.push_str(
+        r#"  digest_builtin:
+    source: generic
+    template: {name: "日报"}
+    author: "manager01"
+    events: [queued, in_progress, completed]
+    digest: {schedule: "18:00", group_by: route, max_lines: 1000}
+  digest_custom:
+    source: generic
+    template: {name: "日报"}
+    author: "manager01"
+    events: [queued, in_progress, completed]
+    digest: {schedule: "18:00", group_by: project, max_lines: 7}
+    fields:
+"#,
+    );
+    let mut all = String::new();
+    for (name, _) in dingtalk_relay::mapping::digest_variables() {
+        all.push_str(&format!("{name}={{{{ {name} }}}}\\n"));
+    }
+    yaml.push_str(&format!("      \"all\": \"{all}\"\n"));
+    yaml.push_str(
+        "      \"lines\": \"{% for p in pipelines %}{{ p.name }} {{ p.url }} {{ p.summary }}\\n{% endfor %}{{ more_text }}{% for s in standups %}{{ s.done | bullets }}{{ s.notes }}\\n{% endfor %}\"\n",
+    );
+    let settings = Settings::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(settings.issues(Mode::Offline), Vec::new(), "{yaml}");
+    Mapper::new(&settings).unwrap_or_else(|e| panic!("{e:?}"))
+});
+
 /// Arbitrary text for an event field: short or long (past the content limit), any chars.
 fn field_text() -> BoxedStrategy<String> {
     prop_oneof![
@@ -2302,5 +2335,35 @@ fn mapper_fixture_renders_every_variable() {
             assert!(draft.contents.iter().any(|c| c.field == "all"), "{draft:?}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+proptest! {
+    // A digest renders a whole period (many renders to find what fits), so fewer cases.
+    #![proptest_config(ProptestConfig { cases: (config().cases / 8).max(1), ..config() })]
+
+    /// Any period of any events folds into digests without a panic or a render error, every
+    /// content within DingTalk's limit and never cut with the per-event marker (digests drop
+    /// whole lines instead).
+    #[test]
+    fn digests_fold_any_events_within_the_limit(
+        events in prop::collection::vec((any_time(), prop_oneof![job_event(), standup_event()]), 0..30),
+        end in any_time(),
+    ) {
+        let refs: Vec<(DateTime<Utc>, &Event)> = events.iter().map(|(t, e)| (*t, e)).collect();
+        for route in ["digest_builtin", "digest_custom"] {
+            let made = DIGEST_MAPPER.digest(route, "group", &refs, None, end);
+            let report = match made {
+                Ok(Some(report)) => report,
+                Ok(None) => continue,
+                Err(e) => return Err(TestCaseError::fail(format!("{route}: {e}"))),
+            };
+            prop_assert_eq!(report.events, events.len());
+            for content in &report.draft.contents {
+                let chars = content.content.chars().count();
+                prop_assert!(chars <= MAX_CONTENT_CHARS, "{route}.{}: {chars} chars", content.field);
+                prop_assert!(!content.content.contains(TRUNCATION_MARKER));
+            }
+        }
     }
 }
