@@ -7,6 +7,7 @@ mod admin;
 mod delivery_retry;
 mod metrics;
 mod process;
+mod shared_limit;
 mod sources;
 mod store_contract;
 mod token_cache;
