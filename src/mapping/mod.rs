@@ -336,6 +336,9 @@ impl Mapper {
                     .map_or(i64::MAX, |f| f.sort)
             });
         }
+        // Converted once for all fields: rendering a map converts it to template values on
+        // every render.
+        let ctx = minijinja::Value::from_serialize(&ctx);
         let mut contents = Vec::with_capacity(fields.len());
         let mut truncated = Vec::new();
         for (field, name) in fields {
