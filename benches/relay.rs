@@ -11,6 +11,8 @@
 //!
 //! Flags (after `--`): `--measure-secs N` (per intake point, default 5), `--soak-secs N`
 //! (default 60), `--soak-rate N` (webhooks/s during the soak, default 50), `--skip-plot`.
+//! `--load URL C SECS` runs only the load generator (C closed-loop clients, SECS seconds after
+//! a 1 s warmup) against a relay started by hand, to profile it.
 //! PostgreSQL scenarios run when `DINGTALK_RELAY_TEST_POSTGRES_URL` is set.
 #![allow(
     clippy::print_stdout,
