@@ -11,6 +11,8 @@
 //!
 //! Flags (after `--`): `--measure-secs N` (per intake point, default 5), `--soak-secs N`
 //! (default 60), `--soak-rate N` (webhooks/s during the soak, default 50), `--skip-plot`.
+//! `--load URL C SECS` runs only the load generator (C closed-loop clients, SECS seconds after
+//! a 1 s warmup) against a relay started by hand, to profile it.
 //! PostgreSQL scenarios run when `DINGTALK_RELAY_TEST_POSTGRES_URL` is set.
 #![allow(
     clippy::print_stdout,
@@ -44,6 +46,17 @@ fn main() {
         bare_server();
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        // `--load URL CONCURRENCY SECONDS`: only the load generator, against a relay started
+        // by hand (for profiling it with perf or callgrind).
+        let arg = |k: usize| args.get(i + k).cloned().unwrap_or_default();
+        load_only(
+            &arg(1),
+            arg(2).parse().unwrap_or(16),
+            arg(3).parse().unwrap_or(10),
+        );
+        return;
+    }
     let flag = |name: &str, default: u64| -> u64 {
         args.iter()
             .position(|a| a == name)
@@ -72,6 +85,35 @@ fn main() {
         .expect("load runtime");
     main_rt.block_on(run(opts, fake_rt.handle().clone()));
     fake_rt.shutdown_background();
+}
+
+fn load_only(url: &str, concurrency: usize, secs: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let window = Duration::from_secs(secs);
+        let s = closed_loop(
+            &http,
+            &[url.to_owned()],
+            concurrency,
+            Duration::from_secs(1),
+            window,
+            202,
+        )
+        .await;
+        println!(
+            "c={concurrency}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-202 {}",
+            s.rps(),
+            s.pct(50.0),
+            s.pct(99.0),
+            s.max(),
+            s.failed
+        );
+    });
 }
 
 struct Opts {

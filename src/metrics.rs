@@ -2,14 +2,28 @@
 //! global one, so several apps can live in one test binary). Labels come from route, app and API
 //! names, never from raw URLs.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
-/// Every series the relay exports. Cheap to clone (each collector is an `Arc` inside).
+/// Every series the relay exports (fields through [`Series`]). Cheap to clone: one `Arc`
+/// (the application state holding it is cloned for every request).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Series>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Series;
+
+    fn deref(&self) -> &Series {
+        &self.0
+    }
+}
+
+/// The series themselves.
+pub struct Series {
     registry: Registry,
     /// `dingtalk_relay_webhooks_received_total{route,outcome}`.
     pub webhooks_received: IntCounterVec,
@@ -184,7 +198,7 @@ impl Metrics {
             "Reports (metered DingTalk calls) saved by digest mode: events folded minus digest reports made, by route.",
             &["route"],
         );
-        Self {
+        Self(Arc::new(Series {
             registry,
             digests,
             digest_events_folded,
@@ -203,7 +217,7 @@ impl Metrics {
             delivery_latency,
             http_requests,
             http_duration,
-        }
+        }))
     }
 
     /// The registry in Prometheus text format.

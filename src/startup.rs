@@ -39,6 +39,7 @@ pub struct Reloader {
     sandbox: Option<(String, FakeOptions)>,
     runtime: SharedRuntime,
     metrics: Metrics,
+    shared_limit: Option<Arc<dyn dingtalk::SharedLimit>>,
     busy: tokio::sync::Mutex<()>,
 }
 
@@ -99,8 +100,12 @@ impl Reloader {
         }
         let mapper = Mapper::new(&settings)
             .map_err(|issues| crate::config::ConfigError::Invalid(issues).to_string())?;
-        let client = DingTalkClient::new(&settings.dingtalk, self.metrics.clone())
-            .map_err(|e| e.to_string())?;
+        let client = DingTalkClient::with_shared_limit(
+            &settings.dingtalk,
+            self.metrics.clone(),
+            self.shared_limit.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         check_templates(&settings, &client)
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -154,11 +159,17 @@ impl Application {
             }
         }
         let metrics = Metrics::new();
-        let client = DingTalkClient::new(&settings.dingtalk, metrics.clone())
-            .context("building the DingTalk client")?;
         let store = store::open(&settings.store.url)
             .await
             .context("opening the store")?;
+        // Replicas sharing a PostgreSQL store share DingTalk's rate limit through it.
+        let shared_limit = store.shared_limit();
+        let client = DingTalkClient::with_shared_limit(
+            &settings.dingtalk,
+            metrics.clone(),
+            shared_limit.clone(),
+        )
+        .context("building the DingTalk client")?;
         check_templates(&settings, &client).await?;
 
         let listener = bind(settings.listen_addr()?, "server.listen").await?;
@@ -187,6 +198,7 @@ impl Application {
             sandbox: sandbox_source,
             runtime: runtime.clone(),
             metrics: metrics.clone(),
+            shared_limit,
             busy: tokio::sync::Mutex::new(()),
         });
         let state = AppState {

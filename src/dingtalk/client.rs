@@ -14,7 +14,7 @@ use super::model::{
     CreateReportParam, CreateReportRequest, GetByNameResult, ListResult, ListedReport,
     ResolvedTemplate, TokenAnswer,
 };
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{RateLimiter, SharedLimit};
 use super::token::{Token, TokenCache};
 use super::{Result, api, template_from_config};
 use crate::config::{DingTalkSettings, Secret, TemplateSettings};
@@ -66,8 +66,18 @@ pub enum Reconciliation {
 }
 
 impl DingTalkClient {
-    /// A client for `settings.base_url` and its apps.
+    /// A client for `settings.base_url` and its apps, limiting report/create in this process.
     pub fn new(settings: &DingTalkSettings, metrics: Metrics) -> Result<Self> {
+        Self::with_shared_limit(settings, metrics, None)
+    }
+
+    /// A client whose report/create rate limit is shared with other replicas through
+    /// `shared` (when given).
+    pub fn with_shared_limit(
+        settings: &DingTalkSettings,
+        metrics: Metrics,
+        shared: Option<Arc<dyn SharedLimit>>,
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
@@ -84,7 +94,12 @@ impl DingTalkClient {
                     App {
                         app_key: app.app_key.clone(),
                         app_secret: app.app_secret.clone(),
-                        limiter: RateLimiter::new(settings.max_qps),
+                        limiter: match &shared {
+                            Some(shared) => {
+                                RateLimiter::shared(settings.max_qps, shared.clone(), &app.app_key)
+                            }
+                            None => RateLimiter::new(settings.max_qps),
+                        },
                     },
                 )
             })

@@ -11,6 +11,7 @@ mod token;
 pub use client::{DingTalkClient, Reconciliation};
 pub use error::{Disposition, Error};
 pub use model::{CreateReportParam, ReportContent, ResolvedTemplate, TemplateField};
+pub use ratelimit::SharedLimit;
 
 use crate::config::TemplateSettings;
 use crate::mapping::ReportDraft;

@@ -378,6 +378,9 @@ impl Mapper {
         let to_userids = self.receivers(rs, person);
 
         let fields = self.ordered_fields(rs, compiled.fields.as_ref().unwrap_or(builtins));
+        // Converted once for all fields: rendering a map converts it to template values on
+        // every render.
+        let ctx = Value::from_serialize(&ctx);
         let mut contents = Vec::with_capacity(fields.len());
         let mut truncated = Vec::new();
         for (field, text) in render_fields(&self.env, route, &fields, &ctx)? {

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{StoreKind, store_kind};
+use crate::dingtalk::SharedLimit;
 use crate::mapping::ReportDraft;
 use crate::sources::Event;
 
@@ -297,6 +298,11 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>>;
+    /// DingTalk's rate limit shared through this store by every replica using it, when the
+    /// store is shared (PostgreSQL); `None` keeps the limit in each process.
+    fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
+        None
+    }
 }
 
 /// Opens the store `url` selects (creating and migrating a SQLite file as needed).

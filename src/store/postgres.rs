@@ -6,26 +6,38 @@
 //! - `claim` locks the due rows with `FOR UPDATE SKIP LOCKED`, so each due delivery goes to
 //!   exactly one caller; a lease held by a dead replica is taken over once it expires (leases
 //!   are never reset at startup: the other replicas are alive).
-//! - `enqueue` claims the dedup key with one `INSERT … ON CONFLICT` in the same transaction as
-//!   the delivery, so concurrent enqueues of one key yield one delivery and duplicates.
-//! - The `max_queued` check counts committed deliveries only: replicas enqueueing at the same
-//!   moment may each see room for one more, so the queue can exceed the limit by about the
-//!   number of concurrent enqueues.
+//! - Webhooks are committed in groups (as in the SQLite store): each replica's writers take
+//!   every webhook waiting and store them in one transaction of a few statements, whatever the
+//!   group's size, so intake is not one transaction and one WAL flush per webhook. Each
+//!   webhook is answered only after its group committed.
+//! - `enqueue` claims the dedup keys with one `INSERT … ON CONFLICT` in the same transaction as
+//!   the deliveries, so concurrent enqueues of one key yield one delivery and duplicates.
+//! - The `max_queued` check counts committed deliveries at most once a second (and again
+//!   before refusing), adding what this replica queued since: replicas enqueueing at the same
+//!   moment may each see room, so the queue can exceed the limit by about one second of
+//!   intake.
+//! - DingTalk's rate limit is shared by the replicas through the `rate_slots` table
+//!   ([`Store::shared_limit`]).
 //!
 //! Connection errors never repeat the URL's password.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{
     COLUMNS, DIGEST_COLUMNS, claim_statements, decode_digest_rows, from_ms, millis, ms,
     row_to_delivery, row_to_digest_event, unavailable,
 };
+use crate::dingtalk::SharedLimit;
+
 use super::{
     ClosedDigest, Delivery, DigestBuilder, DigestEvent, Enqueued, Error, LastError, NewDelivery,
     NewDigestEvent, QueueStats, Result, State, Store,
@@ -34,6 +46,7 @@ use super::{
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
+    intake: mpsc::Sender<EnqueueRequest>,
     claim: [String; 2],
 }
 
@@ -133,6 +146,239 @@ async fn claim_dedup(
     Ok(Some(first))
 }
 
+/// One webhook waiting for the group commit.
+struct EnqueueRequest {
+    new: NewDelivery,
+    dedup_window: Duration,
+    max_queued: u64,
+    reply: oneshot::Sender<Result<Enqueued>>,
+}
+
+/// Most webhooks committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 256;
+/// Transactions writing groups at the same time (each holds a pooled connection while its
+/// group commits; two overlap one group's commit with the next group's statements).
+const GROUP_WRITERS: usize = 2;
+/// How long a queue depth count is trusted: other replicas enqueue too, so the count is
+/// renewed regularly (module docs: the limit is approximate).
+const DEPTH_COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// Commits waiting webhooks in groups: one transaction (one WAL flush) for every webhook that
+/// arrived while the previous group was being written. Each webhook is answered only after its
+/// group is committed.
+async fn group_commit(
+    pool: PgPool,
+    intake: Arc<tokio::sync::Mutex<mpsc::Receiver<EnqueueRequest>>>,
+    depth: Arc<std::sync::Mutex<Option<(tokio::time::Instant, u64)>>>,
+) {
+    let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    loop {
+        if intake
+            .lock()
+            .await
+            .recv_many(&mut batch, GROUP_COMMIT_MAX)
+            .await
+            == 0
+        {
+            return;
+        }
+        let mut requests = std::mem::take(&mut batch);
+        // One transaction per dedup window (they differ only around a reload), so a
+        // group's dedup claim is a single statement.
+        while !requests.is_empty() {
+            let window = requests[0].dedup_window;
+            let (run, rest): (Vec<_>, Vec<_>) =
+                requests.into_iter().partition(|r| r.dedup_window == window);
+            requests = rest;
+            match commit_group(&pool, &run, window, &depth).await {
+                Ok(results) => {
+                    for (request, result) in run.into_iter().zip(results) {
+                        let _ = request.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, webhooks = run.len(), "committing webhooks failed");
+                    for request in run {
+                        let _ = request.reply.send(Err(unavailable(&e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Claims the dedup keys of a group (sorted, so concurrent groups lock them in one order and
+/// cannot deadlock), or takes over keys older than the window. Returns the keys claimed. A
+/// concurrent claim of the same key waits for the other transaction and then sees the key
+/// taken; a conflicting row is locked even when not updated, so it cannot vanish before the
+/// lookup of the duplicates.
+const GROUP_DEDUP_CLAIM: &str = "INSERT INTO dedup (key, delivery_id, created_at) \
+     SELECT key, id, at FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(key, id, at) \
+     ORDER BY key \
+     ON CONFLICT (key) DO UPDATE \
+       SET delivery_id = EXCLUDED.delivery_id, created_at = EXCLUDED.created_at \
+       WHERE dedup.created_at <= EXCLUDED.created_at - $4 \
+     RETURNING key";
+/// Inserts the group's new deliveries.
+const GROUP_DELIVERIES_INSERT: &str = "INSERT INTO deliveries \
+     (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
+     SELECT id, route, key, 'queued', 0, at, draft, at, at \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
+       AS u(id, route, key, at, draft)";
+
+/// Writes a group (all with the same dedup window) in one transaction; the outer error fails
+/// the whole group, the inner results are each webhook's answer, as if the webhooks had been
+/// stored one after the other in arrival order.
+async fn commit_group(
+    pool: &PgPool,
+    requests: &[EnqueueRequest],
+    window: Duration,
+    depth_cache: &std::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
+) -> Result<Vec<Result<Enqueued>>> {
+    // The first webhook of each key claims it; later ones in the group are its duplicates.
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        first.entry(request.new.dedup_key.as_str()).or_insert(i);
+    }
+    let mut claimants: Vec<usize> = first.values().copied().collect();
+    claimants.sort_by(|a, b| requests[*a].new.dedup_key.cmp(&requests[*b].new.dedup_key));
+    let keys: Vec<&str> = claimants
+        .iter()
+        .map(|&i| requests[i].new.dedup_key.as_str())
+        .collect();
+    let ids: Vec<&str> = claimants
+        .iter()
+        .map(|&i| requests[i].new.id.as_str())
+        .collect();
+    let ats: Vec<i64> = claimants
+        .iter()
+        .map(|&i| ms(requests[i].new.received_at))
+        .collect();
+
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let claimed: Vec<String> = sqlx::query_scalar(GROUP_DEDUP_CLAIM)
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&ats)
+        .bind(millis(window))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let claimed: HashSet<String> = claimed.into_iter().collect();
+    let taken: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !claimed.contains(*k))
+        .collect();
+    let earlier: HashMap<String, String> = if taken.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as("SELECT key, delivery_id FROM dedup WHERE key = ANY($1)")
+            .bind(&taken)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .collect()
+    };
+
+    // Committed deliveries only: approximate while other replicas enqueue (module docs).
+    let cached = *depth_cache.lock().unwrap_or_else(|p| p.into_inner());
+    let mut depth = match cached {
+        Some((at, depth)) if at.elapsed() < DEPTH_COUNT_EVERY => depth,
+        _ => count_depth(&mut tx, depth_cache).await?,
+    };
+    let mut recounted = false;
+    let mut results = Vec::with_capacity(requests.len());
+    let mut refused = Vec::new();
+    let mut new_rows: Vec<&NewDelivery> = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        let new = &request.new;
+        let claimant = first[new.dedup_key.as_str()];
+        if claimant != i || !claimed.contains(&new.dedup_key) {
+            let first_id = if claimed.contains(&new.dedup_key) {
+                // The first of the key in this group: refused too when it was refused (the
+                // queue is still full), else this is its duplicate.
+                (!refused.contains(&claimant)).then(|| requests[claimant].new.id.clone())
+            } else {
+                earlier.get(&new.dedup_key).cloned()
+            };
+            results.push(match first_id {
+                Some(id) => Ok(Enqueued::Duplicate(id)),
+                None if claimed.contains(&new.dedup_key) => Err(Error::Full(depth)),
+                None => Err(unavailable("a dedup key vanished while locked")),
+            });
+            continue;
+        }
+        if depth >= request.max_queued && !recounted {
+            depth = count_depth(&mut tx, depth_cache).await? + new_rows.len() as u64;
+            recounted = true;
+        }
+        if depth >= request.max_queued {
+            refused.push(i);
+            results.push(Err(Error::Full(depth)));
+            continue;
+        }
+        new_rows.push(new);
+        depth += 1;
+        results.push(Ok(Enqueued::Queued(new.id.clone())));
+    }
+    if !refused.is_empty() {
+        // Give back the keys of refused webhooks (a key taken over from an expired delivery
+        // is simply gone, as the prune would have removed it).
+        let ids: Vec<String> = refused
+            .iter()
+            .map(|&i| requests[i].new.id.clone())
+            .collect();
+        sqlx::query("DELETE FROM dedup WHERE delivery_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    if !new_rows.is_empty() {
+        let mut drafts = Vec::with_capacity(new_rows.len());
+        for new in &new_rows {
+            drafts.push(serde_json::to_string(&new.draft).map_err(unavailable)?);
+        }
+        let ids: Vec<&str> = new_rows.iter().map(|n| n.id.as_str()).collect();
+        let routes: Vec<&str> = new_rows.iter().map(|n| n.route.as_str()).collect();
+        let keys: Vec<&str> = new_rows.iter().map(|n| n.dedup_key.as_str()).collect();
+        let ats: Vec<i64> = new_rows.iter().map(|n| ms(n.received_at)).collect();
+        sqlx::query(GROUP_DELIVERIES_INSERT)
+            .bind(&ids)
+            .bind(&routes)
+            .bind(&keys)
+            .bind(&ats)
+            .bind(&drafts)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    let mut cached = depth_cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, d)) = cached.as_mut() {
+        *d += new_rows.len() as u64;
+    }
+    Ok(results)
+}
+
+/// Counts the queue (committed deliveries) and remembers the count.
+async fn count_depth(
+    tx: &mut sqlx::PgConnection,
+    cache: &std::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
+) -> Result<u64> {
+    let depth: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let depth = u64::try_from(depth).unwrap_or_default();
+    *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((tokio::time::Instant::now(), depth));
+    Ok(depth)
+}
+
 impl PostgresStore {
     /// Connects to the database at `url` and applies the migrations.
     pub async fn open(url: &str) -> Result<Self> {
@@ -147,8 +393,15 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| open_error(url, "migrating", e))?;
+        let (intake, queue) = mpsc::channel(4 * GROUP_COMMIT_MAX);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let depth = Arc::new(std::sync::Mutex::new(None));
+        for _ in 0..GROUP_WRITERS {
+            tokio::spawn(group_commit(pool.clone(), queue.clone(), depth.clone()));
+        }
         Ok(Self {
             pool,
+            intake,
             claim: claim_statements(|n| format!("${n}"), " FOR UPDATE SKIP LOCKED"),
         })
     }
@@ -162,60 +415,20 @@ impl Store for PostgresStore {
         dedup_window: Duration,
         max_queued: u64,
     ) -> Result<Enqueued> {
-        let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
-        let now = ms(new.received_at);
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        // Claims the key, or takes it over when it is older than the window. A concurrent
-        // enqueue of the same key waits here for this transaction and then sees the key taken;
-        // a conflicting row is locked even when not updated, so it cannot vanish before the
-        // lookup below. Dropping `tx` without commit rolls the claim back.
-        let claimed: Option<String> = sqlx::query_scalar(
-            "INSERT INTO dedup (key, delivery_id, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO UPDATE \
-               SET delivery_id = EXCLUDED.delivery_id, created_at = EXCLUDED.created_at \
-               WHERE dedup.created_at <= $4 \
-             RETURNING delivery_id",
-        )
-        .bind(&new.dedup_key)
-        .bind(&new.id)
-        .bind(now)
-        .bind(now.saturating_sub(millis(dedup_window)))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if claimed.is_none() {
-            let first: String = sqlx::query_scalar("SELECT delivery_id FROM dedup WHERE key = $1")
-                .bind(&new.dedup_key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            return Ok(Enqueued::Duplicate(first));
-        }
-        // Committed deliveries only: approximate while other replicas enqueue (module docs).
-        let depth: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE state IN ('queued', 'delivering')",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let depth = u64::try_from(depth).unwrap_or_default();
-        if depth >= max_queued {
-            return Err(Error::Full(depth));
-        }
-        sqlx::query(
-            "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', 0, $4, $5, $4, $4)",
-        )
-        .bind(&new.id)
-        .bind(&new.route)
-        .bind(&new.dedup_key)
-        .bind(now)
-        .bind(draft)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Enqueued::Queued(new.id))
+        let (reply, answer) = oneshot::channel();
+        let request = EnqueueRequest {
+            new,
+            dedup_window,
+            max_queued,
+            reply,
+        };
+        self.intake
+            .send(request)
+            .await
+            .map_err(|_| unavailable("the store's writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the store's writer has stopped"))?
     }
 
     async fn claim(
@@ -597,6 +810,43 @@ impl Store for PostgresStore {
             events: events.len() as u64,
             deliveries: ids,
         }))
+    }
+
+    fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
+        Some(Arc::new(SendSlots {
+            pool: self.pool.clone(),
+        }))
+    }
+}
+
+/// DingTalk's rate limit kept in the `rate_slots` table, shared by every replica.
+struct SendSlots {
+    pool: PgPool,
+}
+
+/// Takes an app's next send slot: the later of its recorded next slot and now, and moves the
+/// record on by the interval (`$2`, microseconds), in one atomic statement (the row lock
+/// orders concurrent callers). Returns the wait in microseconds, computed on the database's
+/// clock so that the replicas' clocks do not matter.
+const RESERVE_SLOT: &str = "INSERT INTO rate_slots AS s (app_key, next_at) \
+     VALUES ($1, clock_timestamp() + $2::float8 * interval '1 microsecond') \
+     ON CONFLICT (app_key) DO UPDATE \
+       SET next_at = GREATEST(s.next_at, clock_timestamp()) + $2::float8 * interval '1 microsecond' \
+     RETURNING GREATEST(0, (EXTRACT(EPOCH FROM (s.next_at - clock_timestamp())) * 1000000)::bigint - $2)";
+
+#[async_trait]
+impl SharedLimit for SendSlots {
+    async fn reserve(&self, app_key: &str, interval: Duration) -> Result<Duration, String> {
+        let micros = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
+        let wait: i64 = sqlx::query_scalar(RESERVE_SLOT)
+            .bind(app_key)
+            .bind(micros)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| format!("taking a send slot: {e}"))?;
+        Ok(Duration::from_micros(
+            u64::try_from(wait).unwrap_or_default(),
+        ))
     }
 }
 

@@ -3,11 +3,13 @@
 //! transactions never deadlock; reads use a small pool. Webhooks are committed in groups. `synchronous=FULL`: a committed
 //! delivery survives `kill -9` and power loss.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
@@ -64,24 +66,22 @@ async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequ
     }
 }
 
-/// The queue depth as last counted, so that a deep queue is not counted on every group:
-/// counting walks every waiting row. Between counts, what this process queued is added;
-/// deliveries finished meanwhile are not subtracted, so a webhook is refused only after a fresh
-/// count confirms the queue is full.
+/// The queue depth as last counted, so that the queue is not counted on every group: counting
+/// walks every waiting row, which takes milliseconds once the queue is deep. This process is the
+/// only writer, so between counts it adds what it queued; deliveries finished meanwhile are not
+/// subtracted, so the cached depth only ever overstates the queue, and it is counted again
+/// only when it says the queue is full (a webhook is refused only after a fresh count confirms
+/// it).
 #[derive(Default)]
 struct DepthCache {
-    counted: Option<(tokio::time::Instant, u64)>,
+    counted: Option<u64>,
 }
 
-/// How long a depth count is trusted.
-const DEPTH_COUNT_EVERY: Duration = Duration::from_secs(1);
-
 impl DepthCache {
-    /// The depth, counted again when the last count is stale or `fresh` is asked for.
+    /// The depth, counted again when never counted yet or `fresh` is asked for.
     async fn get(&mut self, tx: &mut sqlx::SqliteConnection, fresh: bool) -> Result<u64> {
-        if let Some((at, depth)) = self.counted
+        if let Some(depth) = self.counted
             && !fresh
-            && at.elapsed() < DEPTH_COUNT_EVERY
         {
             return Ok(depth);
         }
@@ -92,47 +92,79 @@ impl DepthCache {
         .await
         .map_err(unavailable)?;
         let depth = u64::try_from(depth).unwrap_or_default();
-        self.counted = Some((tokio::time::Instant::now(), depth));
+        self.counted = Some(depth);
         Ok(depth)
     }
 
     fn set(&mut self, depth: u64) {
-        if let Some((_, cached)) = &mut self.counted {
-            *cached = depth;
+        if self.counted.is_some() {
+            self.counted = Some(depth);
         }
     }
 }
 
-/// Writes a group in one transaction. The outer error fails the whole group (nothing of it
-/// is committed); the inner results are each webhook's answer.
+/// One row of a group, as the insert statements read it from a JSON array (`json_each`).
+#[derive(Serialize)]
+struct GroupRow<'a> {
+    id: &'a str,
+    route: &'a str,
+    key: &'a str,
+    at: i64,
+    draft: String,
+}
+
+/// Looks up every dedup key of the group at once.
+const GROUP_DEDUP_LOOKUP: &str = "SELECT key, delivery_id, created_at FROM dedup \
+     WHERE key IN (SELECT value FROM json_each(?1))";
+/// Claims the dedup keys of the group's new deliveries.
+const GROUP_DEDUP_INSERT: &str = "INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) \
+     SELECT value ->> 'key', value ->> 'id', value ->> 'at' FROM json_each(?1)";
+/// Inserts the group's new deliveries.
+const GROUP_DELIVERIES_INSERT: &str = "INSERT INTO deliveries \
+     (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
+     SELECT value ->> 'id', value ->> 'route', value ->> 'key', 'queued', 0, value ->> 'at', \
+       value ->> 'draft', value ->> 'at', value ->> 'at' FROM json_each(?1)";
+
+/// Writes a group in one transaction with three statements whatever its size (the rows travel
+/// as one JSON array each way, so the cost per webhook is not a round trip to SQLite's thread
+/// per statement). The outer error fails the whole group (nothing of it is committed); the
+/// inner results are each webhook's answer, the same as if the group's webhooks had been
+/// stored one after the other in arrival order.
 async fn commit_group(
     writer: &SqlitePool,
     requests: &[EnqueueRequest],
     cache: &mut DepthCache,
 ) -> Result<Vec<Result<Enqueued>>> {
+    let keys: Vec<&str> = requests.iter().map(|r| r.new.dedup_key.as_str()).collect();
+    let keys = serde_json::to_string(&keys).map_err(unavailable)?;
     let mut tx = writer.begin().await.map_err(unavailable)?;
+    let seen: Vec<(String, String, i64)> = sqlx::query_as(GROUP_DEDUP_LOOKUP)
+        .bind(keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    // Key → (delivery id, when), updated as the group queues deliveries.
+    let mut seen: HashMap<String, (String, i64)> = seen
+        .into_iter()
+        .map(|(key, id, at)| (key, (id, at)))
+        .collect();
     let mut depth = cache.get(&mut tx, false).await?;
     let mut recounted = false;
     let mut results = Vec::with_capacity(requests.len());
+    let mut rows = Vec::with_capacity(requests.len());
     for request in requests {
         let new = &request.new;
         let now = ms(new.received_at);
-        let seen: Option<(String, i64)> =
-            sqlx::query_as("SELECT delivery_id, created_at FROM dedup WHERE key = ?")
-                .bind(&new.dedup_key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        if let Some((id, at)) = seen
-            && at > now - millis(request.dedup_window)
+        if let Some((id, at)) = seen.get(&new.dedup_key)
+            && *at > now - millis(request.dedup_window)
         {
-            results.push(Ok(Enqueued::Duplicate(id)));
+            results.push(Ok(Enqueued::Duplicate(id.clone())));
             continue;
         }
         if depth >= request.max_queued && !recounted {
-            // The cached count may include deliveries finished since: look again, once (the
-            // count inside this transaction already sees this group's rows).
-            depth = cache.get(&mut tx, true).await?;
+            // The cached count may include deliveries finished since: look again, once. The
+            // count does not see this group's rows yet; they are added.
+            depth = cache.get(&mut tx, true).await? + rows.len() as u64;
             recounted = true;
         }
         if depth >= request.max_queued {
@@ -146,29 +178,26 @@ async fn commit_group(
                 continue;
             }
         };
-        sqlx::query("INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) VALUES (?, ?, ?)")
-            .bind(&new.dedup_key)
-            .bind(&new.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
-             VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?)",
-        )
-        .bind(&new.id)
-        .bind(&new.route)
-        .bind(&new.dedup_key)
-        .bind(now)
-        .bind(draft)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+        seen.insert(new.dedup_key.clone(), (new.id.clone(), now));
+        rows.push(GroupRow {
+            id: &new.id,
+            route: &new.route,
+            key: &new.dedup_key,
+            at: now,
+            draft,
+        });
         depth += 1;
         results.push(Ok(Enqueued::Queued(new.id.clone())));
+    }
+    if !rows.is_empty() {
+        let rows = serde_json::to_string(&rows).map_err(unavailable)?;
+        for statement in [GROUP_DEDUP_INSERT, GROUP_DELIVERIES_INSERT] {
+            sqlx::query(statement)
+                .bind(rows.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
     }
     tx.commit().await.map_err(unavailable)?;
     cache.set(depth);
@@ -190,7 +219,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals and the group statements' temporary tables stay in memory:
+            // as files, each group created, wrote and deleted one in /var/tmp.
+            .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))

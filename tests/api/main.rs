@@ -10,6 +10,7 @@ mod limits;
 mod load;
 mod metrics;
 mod process;
+mod shared_limit;
 mod sources;
 mod store_contract;
 mod token_cache;
