@@ -63,6 +63,15 @@ async fn keep(app: &TestApp, body: &Value) -> Value {
     answer
 }
 
+/// `GET /v1/digests/daily`.
+async fn pending_digest(app: &TestApp) -> Value {
+    app.get_admin("/v1/digests/daily")
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 fn content<'a>(report: &'a dingtalk_relay::sandbox::CreatedReport, key: &str) -> &'a str {
     report
         .contents
@@ -115,12 +124,7 @@ async fn a_day_of_events_becomes_one_report_per_author() {
     assert_eq!(waited.status(), 202);
 
     // The preview shows what would be sent now, and sends nothing.
-    let preview: Value = app
-        .get_admin("/v1/digests/daily")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let preview: Value = pending_digest(&app).await;
     assert_eq!(preview["pending_events"], 6, "{preview}");
     assert_eq!(preview["reports"].as_array().unwrap().len(), 2, "{preview}");
     assert_eq!(app.fake.create_calls(), 0);
@@ -163,12 +167,7 @@ async fn a_day_of_events_becomes_one_report_per_author() {
             .await
             .is_empty()
     );
-    let preview: Value = app
-        .get_admin("/v1/digests/daily")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let preview: Value = pending_digest(&app).await;
     assert_eq!(preview["pending_events"], 0, "{preview}");
     let metrics = app.metrics().await;
     let folded = metric_value(
@@ -195,12 +194,7 @@ async fn a_missed_digest_is_sent_within_grace_and_rolled_over_after() {
     // Down at `at`, back 2 hours later: beyond the 1 h grace, nothing is sent...
     let late = digest::make_due(&app.state, at + chrono::Duration::hours(2)).await;
     assert!(late.is_empty(), "{late:?}");
-    let preview: Value = app
-        .get_admin("/v1/digests/daily")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let preview: Value = pending_digest(&app).await;
     assert_eq!(preview["pending_events"], 1, "kept for the next digest");
     // ...and the next digest carries the events over.
     let next = at + chrono::Duration::days(1);
