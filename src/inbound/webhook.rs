@@ -387,7 +387,8 @@ async fn keep_for_digest(
                 .routes
                 .get(route_name)
                 .and_then(|route| crate::digest::schedule_of(settings, route))
-                .and_then(|s| s.next_after(received_at))
+                // An event received exactly at a scheduled time belongs to that digest.
+                .and_then(|s| s.next_after(received_at - chrono::Duration::milliseconds(1)))
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
             tracing::info!(event_id = %id, "webhook kept for the digest");
             let answer = Json(json!({"event_id": id, "status": "digest", "digest_at": digest_at}));
