@@ -3,6 +3,7 @@
 //! selected by `store.url`: `memory:` (tests; loses everything on restart), `sqlite://` and
 //! `postgres://` (shared by several replicas).
 
+mod digest_sql;
 mod memory;
 mod postgres;
 mod sql;

@@ -32,10 +32,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{
-    COLUMNS, DIGEST_COLUMNS, claim_statements, decode_digest_rows, from_ms, millis, ms,
-    row_to_delivery, row_to_digest_event, unavailable,
-};
+use super::sql::{COLUMNS, claim_statements, from_ms, millis, ms, row_to_delivery, unavailable};
 use crate::dingtalk::SharedLimit;
 
 use super::{
@@ -109,41 +106,6 @@ fn open_error(url: &str, what: &str, cause: impl std::fmt::Display) -> Error {
         }
     }
     Error::Unavailable(format!("{what} {shown}: {message}"))
-}
-
-/// Claims dedup `key` for `id` inside `tx`, or takes it over when it is older than `window`;
-/// returns the first id when the key is taken. A concurrent claim of the same key waits for
-/// `tx` and then sees it taken.
-async fn claim_dedup(
-    tx: &mut sqlx::PgConnection,
-    key: &str,
-    id: &str,
-    now: i64,
-    window: Duration,
-) -> Result<Option<String>> {
-    let claimed: Option<String> = sqlx::query_scalar(
-        "INSERT INTO dedup (key, delivery_id, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (key) DO UPDATE \
-           SET delivery_id = EXCLUDED.delivery_id, created_at = EXCLUDED.created_at \
-           WHERE dedup.created_at <= $4 \
-         RETURNING delivery_id",
-    )
-    .bind(key)
-    .bind(id)
-    .bind(now)
-    .bind(now.saturating_sub(millis(window)))
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(unavailable)?;
-    if claimed.is_some() {
-        return Ok(None);
-    }
-    let first: String = sqlx::query_scalar("SELECT delivery_id FROM dedup WHERE key = $1")
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    Ok(Some(first))
 }
 
 /// One webhook waiting for the group commit.
@@ -670,48 +632,20 @@ impl Store for PostgresStore {
         new: NewDigestEvent,
         dedup_window: Duration,
     ) -> Result<Enqueued> {
-        let event = serde_json::to_string(&new.event).map_err(unavailable)?;
-        let now = ms(new.received_at);
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        if let Some(first) =
-            claim_dedup(&mut tx, &new.dedup_key, &new.id, now, dedup_window).await?
-        {
-            return Ok(Enqueued::Duplicate(first));
-        }
-        sqlx::query(
-            "INSERT INTO digest_events (id, route, group_key, event, received_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&new.id)
-        .bind(&new.route)
-        .bind(&new.group)
-        .bind(event)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+        let kept = super::digest_sql::postgres::add_event(&mut tx, &new, dedup_window).await?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Enqueued::Queued(new.id))
+        Ok(kept)
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = $1 ORDER BY received_at, id"
-        ))
-        .bind(route)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(row_to_digest_event).collect()
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        super::digest_sql::postgres::events(&mut conn, route).await
     }
 
     async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(period_end) FROM digest_runs WHERE route = $1")
-                .bind(route)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        Ok(last.map(from_ms))
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        super::digest_sql::postgres::last(&mut conn, route).await
     }
 
     async fn close_digest(
@@ -721,95 +655,14 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
-        let end = ms(period_end);
-        // Dropping `tx` without commit (every early return) rolls everything back.
+        // Dropping `tx` without commit (already made, or an error) rolls everything back.
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(period_end) FROM digest_runs WHERE route = $1")
-                .bind(route)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        if last.is_some_and(|last| last >= end) {
-            return Ok(None);
+        let closed =
+            super::digest_sql::postgres::close(&mut tx, route, period_end, now, build).await?;
+        if closed.is_some() {
+            tx.commit().await.map_err(unavailable)?;
         }
-        // The claim: a replica closing the same digest at the same moment waits here for this
-        // transaction, then inserts nothing and gives up.
-        let claimed = sqlx::query(
-            "INSERT INTO digest_runs (route, period_end, events, reports, closed_at) \
-             VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(route)
-        .bind(end)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if claimed.rows_affected() == 0 {
-            return Ok(None);
-        }
-        // Locked, so a replica closing a different period of this route cannot fold them too.
-        let rows = sqlx::query(&format!(
-            "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = $1 AND received_at <= $2 \
-             ORDER BY received_at, id FOR UPDATE"
-        ))
-        .bind(route)
-        .bind(end)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let events = decode_digest_rows(&rows);
-        let deliveries = build(&events, last.map(from_ms)).map_err(Error::Digest)?;
-        let mut ids = Vec::with_capacity(deliveries.len());
-        for new in deliveries {
-            let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
-            let at = ms(new.received_at);
-            sqlx::query(
-                "INSERT INTO dedup (key, delivery_id, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (key) DO UPDATE SET delivery_id = EXCLUDED.delivery_id, \
-                 created_at = EXCLUDED.created_at",
-            )
-            .bind(&new.dedup_key)
-            .bind(&new.id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query(
-                "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'queued', 0, $4, $5, $4, $4)",
-            )
-            .bind(&new.id)
-            .bind(&new.route)
-            .bind(&new.dedup_key)
-            .bind(at)
-            .bind(draft)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            ids.push(new.id);
-        }
-        let folded: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        sqlx::query("DELETE FROM digest_events WHERE id = ANY($1)")
-            .bind(&folded)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        sqlx::query(
-            "UPDATE digest_runs SET events = $1, reports = $2 WHERE route = $3 AND period_end = $4",
-        )
-        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-        .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
-        .bind(route)
-        .bind(end)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(ClosedDigest {
-            events: events.len() as u64,
-            deliveries: ids,
-        }))
+        Ok(closed)
     }
 
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {

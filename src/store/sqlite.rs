@@ -14,10 +14,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{
-    COLUMNS, DIGEST_COLUMNS, claim_statements, decode_digest_rows, from_ms, millis, ms,
-    row_to_delivery, row_to_digest_event, unavailable,
-};
+use super::sql::{COLUMNS, claim_statements, from_ms, millis, ms, row_to_delivery, unavailable};
 use super::{
     ClosedDigest, Delivery, DigestBuilder, DigestEvent, Enqueued, Error, LastError, NewDelivery,
     NewDigestEvent, QueueStats, Result, State, Store,
@@ -518,61 +515,20 @@ impl Store for SqliteStore {
         new: NewDigestEvent,
         dedup_window: Duration,
     ) -> Result<Enqueued> {
-        let event = serde_json::to_string(&new.event).map_err(unavailable)?;
-        let now = ms(new.received_at);
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let seen: Option<(String, i64)> =
-            sqlx::query_as("SELECT delivery_id, created_at FROM dedup WHERE key = ?")
-                .bind(&new.dedup_key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        if let Some((id, at)) = seen
-            && at > now - millis(dedup_window)
-        {
-            return Ok(Enqueued::Duplicate(id));
-        }
-        sqlx::query("INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) VALUES (?, ?, ?)")
-            .bind(&new.dedup_key)
-            .bind(&new.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO digest_events (id, route, group_key, event, received_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&new.id)
-        .bind(&new.route)
-        .bind(&new.group)
-        .bind(event)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+        let kept = super::digest_sql::sqlite::add_event(&mut tx, &new, dedup_window).await?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Enqueued::Queued(new.id))
+        Ok(kept)
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = ? ORDER BY received_at, id"
-        ))
-        .bind(route)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(row_to_digest_event).collect()
+        let mut conn = self.reader.acquire().await.map_err(unavailable)?;
+        super::digest_sql::sqlite::events(&mut conn, route).await
     }
 
     async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(period_end) FROM digest_runs WHERE route = ?")
-                .bind(route)
-                .fetch_one(&self.reader)
-                .await
-                .map_err(unavailable)?;
-        Ok(last.map(from_ms))
+        let mut conn = self.reader.acquire().await.map_err(unavailable)?;
+        super::digest_sql::sqlite::last(&mut conn, route).await
     }
 
     async fn close_digest(
@@ -582,88 +538,13 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
-        let end = ms(period_end);
-        // Dropping `tx` without commit (every early return) rolls everything back.
+        // Dropping `tx` without commit (already made, or an error) rolls everything back.
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(period_end) FROM digest_runs WHERE route = ?")
-                .bind(route)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        if last.is_some_and(|last| last >= end) {
-            return Ok(None);
+        let closed =
+            super::digest_sql::sqlite::close(&mut tx, route, period_end, now, build).await?;
+        if closed.is_some() {
+            tx.commit().await.map_err(unavailable)?;
         }
-        sqlx::query(
-            "INSERT INTO digest_runs (route, period_end, events, reports, closed_at) VALUES (?, ?, 0, 0, ?)",
-        )
-        .bind(route)
-        .bind(end)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = ? AND received_at <= ? \
-             ORDER BY received_at, id"
-        ))
-        .bind(route)
-        .bind(end)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let events = decode_digest_rows(&rows);
-        let deliveries = build(&events, last.map(from_ms)).map_err(Error::Digest)?;
-        let mut ids = Vec::with_capacity(deliveries.len());
-        for new in deliveries {
-            let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
-            let at = ms(new.received_at);
-            sqlx::query(
-                "INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) VALUES (?, ?, ?)",
-            )
-            .bind(&new.dedup_key)
-            .bind(&new.id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query(
-                "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
-                 VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?)",
-            )
-            .bind(&new.id)
-            .bind(&new.route)
-            .bind(&new.dedup_key)
-            .bind(at)
-            .bind(draft)
-            .bind(at)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            ids.push(new.id);
-        }
-        for event in &events {
-            sqlx::query("DELETE FROM digest_events WHERE id = ?")
-                .bind(&event.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        sqlx::query(
-            "UPDATE digest_runs SET events = ?, reports = ? WHERE route = ? AND period_end = ?",
-        )
-        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-        .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
-        .bind(route)
-        .bind(end)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(ClosedDigest {
-            events: events.len() as u64,
-            deliveries: ids,
-        }))
+        Ok(closed)
     }
 }

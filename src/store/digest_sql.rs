@@ -1,0 +1,235 @@
+//! The digest statements both SQL backends run, written once: keeping a digest event (with
+//! its dedup key) and closing a digest. The same SQL works on SQLite and PostgreSQL but for
+//! the parameter syntax (`?1` / `$1`) and row locking (PostgreSQL locks the period's events),
+//! so one macro writes the functions for each connection type. Each runs inside the caller's
+//! transaction; the caller commits when told to.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::sql::{DIGEST_COLUMNS, decode_digest_rows, from_ms, millis, ms, unavailable};
+use super::{ClosedDigest, DigestBuilder, Enqueued, Error, NewDigestEvent, Result};
+
+/// Writes the functions for one backend: `$conn` its connection type, `$p` its n-th parameter,
+/// `$lock` what locks selected rows.
+macro_rules! digest_statements {
+    ($conn:ty, $p:expr, $lock:literal) => {
+        /// Claims the event's dedup key (or takes over one older than `window`) and stores the
+        /// event. `Duplicate` carries the first id when the key is taken.
+        pub(crate) async fn add_event(
+            tx: &mut $conn,
+            new: &NewDigestEvent,
+            window: Duration,
+        ) -> Result<Enqueued> {
+            let p: fn(u8) -> String = $p;
+            let event = serde_json::to_string(&new.event).map_err(unavailable)?;
+            let now = ms(new.received_at);
+            // A concurrent claim of the same key waits for this transaction, then sees it taken.
+            let claimed: Option<String> = sqlx::query_scalar(&format!(
+                "INSERT INTO dedup (key, delivery_id, created_at) VALUES ({}, {}, {}) \
+                 ON CONFLICT (key) DO UPDATE \
+                   SET delivery_id = excluded.delivery_id, created_at = excluded.created_at \
+                   WHERE dedup.created_at <= {} \
+                 RETURNING delivery_id",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ))
+            .bind(&new.dedup_key)
+            .bind(&new.id)
+            .bind(now)
+            .bind(now.saturating_sub(millis(window)))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if claimed.is_none() {
+                let first: String = sqlx::query_scalar(&format!(
+                    "SELECT delivery_id FROM dedup WHERE key = {}",
+                    p(1)
+                ))
+                .bind(&new.dedup_key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                return Ok(Enqueued::Duplicate(first));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO digest_events (id, route, group_key, event, received_at) \
+                 VALUES ({}, {}, {}, {}, {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5)
+            ))
+            .bind(&new.id)
+            .bind(&new.route)
+            .bind(&new.group)
+            .bind(event)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            Ok(Enqueued::Queued(new.id.clone()))
+        }
+
+        /// The scheduled time of `route`'s latest digest.
+        pub(crate) async fn last(tx: &mut $conn, route: &str) -> Result<Option<DateTime<Utc>>> {
+            let p: fn(u8) -> String = $p;
+            let last: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT MAX(period_end) FROM digest_runs WHERE route = {}",
+                p(1)
+            ))
+            .bind(route)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            Ok(last.map(from_ms))
+        }
+
+        /// The events `route` keeps, oldest first.
+        pub(crate) async fn events(tx: &mut $conn, route: &str) -> Result<Vec<crate::store::DigestEvent>> {
+            let p: fn(u8) -> String = $p;
+            let rows = sqlx::query(&format!(
+                "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = {} ORDER BY received_at, id",
+                p(1)
+            ))
+            .bind(route)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            rows.iter().map(crate::store::sql::row_to_digest_event).collect()
+        }
+
+        /// Makes the digest (see `Store::close_digest`) inside `tx`. `None`: already made,
+        /// roll back; `Some`: commit.
+        pub(crate) async fn close(
+            tx: &mut $conn,
+            route: &str,
+            period_end: DateTime<Utc>,
+            now: DateTime<Utc>,
+            build: DigestBuilder<'_>,
+        ) -> Result<Option<ClosedDigest>> {
+            let p: fn(u8) -> String = $p;
+            let end = ms(period_end);
+            let last = last(&mut *tx, route).await?;
+            if last.is_some_and(|last| last >= period_end) {
+                return Ok(None);
+            }
+            // The claim: another replica closing the same digest at the same moment waits here
+            // for this transaction, then inserts nothing and gives up.
+            let claimed = sqlx::query(&format!(
+                "INSERT INTO digest_runs (route, period_end, events, reports, closed_at) \
+                 VALUES ({}, {}, 0, 0, {}) ON CONFLICT DO NOTHING",
+                p(1),
+                p(2),
+                p(3)
+            ))
+            .bind(route)
+            .bind(end)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if claimed.rows_affected() == 0 {
+                return Ok(None);
+            }
+            // Locked (PostgreSQL), so a replica closing another period of this route cannot
+            // fold them too.
+            let rows = sqlx::query(&format!(
+                "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = {} AND received_at <= {} \
+                 ORDER BY received_at, id{}",
+                p(1),
+                p(2),
+                $lock
+            ))
+            .bind(route)
+            .bind(end)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let events = decode_digest_rows(&rows);
+            let deliveries = build(&events, last).map_err(Error::Digest)?;
+            let mut ids = Vec::with_capacity(deliveries.len());
+            for new in deliveries {
+                let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
+                let at = ms(new.received_at);
+                sqlx::query(&format!(
+                    "INSERT INTO dedup (key, delivery_id, created_at) VALUES ({}, {}, {}) \
+                     ON CONFLICT (key) DO UPDATE SET delivery_id = excluded.delivery_id, \
+                     created_at = excluded.created_at",
+                    p(1),
+                    p(2),
+                    p(3)
+                ))
+                .bind(&new.dedup_key)
+                .bind(&new.id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                sqlx::query(&format!(
+                    "INSERT INTO deliveries (id, route, dedup_key, state, attempts, \
+                     next_attempt_at, draft, created_at, updated_at) \
+                     VALUES ({}, {}, {}, 'queued', 0, {}, {}, {}, {})",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(4),
+                    p(4)
+                ))
+                .bind(&new.id)
+                .bind(&new.route)
+                .bind(&new.dedup_key)
+                .bind(at)
+                .bind(draft)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                ids.push(new.id);
+            }
+            // By id, never by time range: an event committed meanwhile is not in `events`.
+            for event in &events {
+                sqlx::query(&format!("DELETE FROM digest_events WHERE id = {}", p(1)))
+                    .bind(&event.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            sqlx::query(&format!(
+                "UPDATE digest_runs SET events = {}, reports = {} WHERE route = {} AND period_end = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ))
+            .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
+            .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+            .bind(route)
+            .bind(end)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            Ok(Some(ClosedDigest {
+                events: events.len() as u64,
+                deliveries: ids,
+            }))
+        }
+    };
+}
+
+/// SQLite (`?1`; one writer, so nothing to lock).
+pub(super) mod sqlite {
+    use super::*;
+    digest_statements!(sqlx::SqliteConnection, |n| format!("?{n}"), "");
+}
+
+/// PostgreSQL (`$1`; the period's events are locked).
+pub(super) mod postgres {
+    use super::*;
+    digest_statements!(sqlx::PgConnection, |n| format!("${n}"), " FOR UPDATE");
+}
