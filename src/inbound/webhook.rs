@@ -312,26 +312,11 @@ async fn handle(
             settings.store.max_queued,
         )
         .await
-        .map_err(|e| match e {
-            store::Error::Full(_) => ApiError::unavailable(
-                "the delivery queue is full (store.max_queued); try again later",
-                30,
-            ),
-            other => {
-                tracing::error!(error = %other, "storing the webhook failed");
-                ApiError::unavailable("the store is unavailable; try again later", 5)
-            }
-        })?;
+        .map_err(store_error)?;
     let id = match enqueued {
         Enqueued::Duplicate(first) => {
             tracing::info!(delivery_id = %first, "duplicate webhook");
-            state
-                .metrics
-                .deliveries
-                .with_label_values(&[route_name, "duplicate"])
-                .inc();
-            let answer = Json(json!({"delivery_id": first, "status": "duplicate"}));
-            return Ok(("duplicate", (StatusCode::OK, answer).into_response()));
+            return Ok(duplicate(state, route_name, "delivery_id", &first));
         }
         Enqueued::Queued(id) => id,
     };
@@ -354,6 +339,37 @@ async fn handle(
     Ok(("accepted", response))
 }
 
+/// The webhook answer when the store could not take it: 503 with `Retry-After`.
+fn store_error(e: store::Error) -> ApiError {
+    match e {
+        store::Error::Full(_) => ApiError::unavailable(
+            "the delivery queue is full (store.max_queued); try again later",
+            30,
+        ),
+        other => {
+            tracing::error!(error = %other, "storing the webhook failed");
+            ApiError::unavailable("the store is unavailable; try again later", 5)
+        }
+    }
+}
+
+/// `200 duplicate` naming the first delivery (or digest event) under `id_key`, counted as a
+/// duplicate delivery of the route.
+fn duplicate(
+    state: &AppState,
+    route_name: &str,
+    id_key: &str,
+    first: &str,
+) -> (&'static str, Response) {
+    state
+        .metrics
+        .deliveries
+        .with_label_values(&[route_name, "duplicate"])
+        .inc();
+    let answer = Json(json!({id_key: first, "status": "duplicate"}));
+    ("duplicate", (StatusCode::OK, answer).into_response())
+}
+
 /// Stores a digest route's event; the answer says when its digest is due. `?wait` does not
 /// apply: the report is made at the scheduled time.
 async fn keep_for_digest(
@@ -367,20 +383,11 @@ async fn keep_for_digest(
         .store
         .add_digest_event(new, settings.delivery.dedup_window)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "storing the webhook failed");
-            ApiError::unavailable("the store is unavailable; try again later", 5)
-        })?;
+        .map_err(store_error)?;
     match enqueued {
         Enqueued::Duplicate(first) => {
             tracing::info!(event_id = %first, "duplicate webhook");
-            state
-                .metrics
-                .deliveries
-                .with_label_values(&[route_name, "duplicate"])
-                .inc();
-            let answer = Json(json!({"event_id": first, "status": "duplicate"}));
-            Ok(("duplicate", (StatusCode::OK, answer).into_response()))
+            Ok(duplicate(state, route_name, "event_id", &first))
         }
         Enqueued::Queued(id) => {
             let digest_at = settings

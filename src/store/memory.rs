@@ -1,7 +1,7 @@
 //! `memory:` — a store in process memory, for tests and trials. Everything is lost when the
 //! process exits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ struct Inner {
     /// Kept digest events, in arrival order.
     digest_events: Vec<DigestEvent>,
     /// Route → scheduled times of the digests made.
-    digest_runs: HashMap<String, BTreeMap<DateTime<Utc>, ()>>,
+    digest_runs: HashMap<String, BTreeSet<DateTime<Utc>>>,
 }
 
 impl Inner {
@@ -343,7 +343,7 @@ impl Store for MemoryStore {
             .lock()
             .digest_runs
             .get(route)
-            .and_then(|runs| runs.keys().next_back().copied()))
+            .and_then(|runs| runs.last().copied()))
     }
 
     async fn close_digest(
@@ -357,7 +357,7 @@ impl Store for MemoryStore {
         let last = inner
             .digest_runs
             .get(route)
-            .and_then(|runs| runs.keys().next_back().copied());
+            .and_then(|runs| runs.last().copied());
         if last.is_some_and(|last| last >= period_end) {
             return Ok(None);
         }
@@ -383,7 +383,7 @@ impl Store for MemoryStore {
             .digest_runs
             .entry(route.to_owned())
             .or_default()
-            .insert(period_end, ());
+            .insert(period_end);
         Ok(Some(ClosedDigest {
             events: events.len() as u64,
             deliveries: ids,
