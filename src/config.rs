@@ -365,6 +365,17 @@ pub struct DigestSettings {
     pub send_empty: bool,
 }
 
+impl DigestSettings {
+    /// The digest's time zone: its own, else `default`; `None` when its own does not parse
+    /// (configuration validation names it).
+    pub fn tz(&self, default: chrono_tz::Tz) -> Option<chrono_tz::Tz> {
+        match &self.timezone {
+            Some(name) => name.parse().ok(),
+            None => Some(default),
+        }
+    }
+}
+
 /// How a digest route groups its events into reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -37,20 +37,12 @@ impl Schedule {
                 .position(|d| *d == day.trim().to_lowercase())?;
             weekdays[index] = true;
         }
-        let tz = match &digest.timezone {
-            Some(name) => name.parse().ok()?,
-            None => default_tz,
-        };
+        let tz = digest.tz(default_tz)?;
         Some(Self {
             times,
             weekdays,
             tz,
         })
-    }
-
-    /// The time zone.
-    pub fn tz(&self) -> Tz {
-        self.tz
     }
 
     /// The instant `time` on `date` in the zone. A time skipped by a daylight-saving change

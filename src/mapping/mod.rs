@@ -483,11 +483,7 @@ impl Mapper {
                 "{route} (not a digest route)"
             )));
         };
-        let tz = settings
-            .timezone
-            .as_deref()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(self.tz);
+        let tz = settings.tz(self.tz).unwrap_or(self.tz);
         let author = if settings.group_by == DigestGroupBy::Author && rs.author == ACTOR {
             group.to_owned()
         } else {
