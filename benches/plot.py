@@ -41,6 +41,21 @@ for label, points in series.items():
         ax2.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6),
                      ha="center", fontsize=8, color=color)
 
+# The SQLite store alone (in-process, no HTTP) at c=64, and 50 % of the ceiling there: the
+# store's own limit shows why the relay cannot reach the intake target.
+ceiling = data.get("store_ceiling_c64", {})
+for key, label, marker in [("hashed_keys", "SQLite store alone (no HTTP)", "D"),
+                           ("sequential_keys", "store alone, sequential dedup keys (experiment)", "^")]:
+    if key in ceiling:
+        y = ceiling[key]["rps"]
+        ax1.plot([64], [y], marker=marker, color="tab:orange", ls="none", label=label)
+        ax1.annotate(f"{y:.0f}", (64, y), textcoords="offset points", xytext=(-8, 4),
+                     ha="right", fontsize=8, color="tab:orange")
+bare64 = [p[1] for p in series.get("bare axum 202 (ceiling)", []) if p[0] == 64]
+if bare64:
+    ax1.plot([64], [bare64[0] / 2], marker="_", markersize=18, color="tab:red", ls="none",
+             label="target: 50 % of the ceiling at c=64")
+
 for ax in (ax1, ax2):
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 16, 64])

@@ -463,13 +463,35 @@ async fn closed_loop(
     measure: Duration,
     ok_status: u16,
 ) -> Sample {
+    let http = http.clone();
+    let urls = urls.to_vec();
+    closed_loop_with(concurrency, warmup, measure, ok_status, move |worker, n| {
+        let http = http.clone();
+        let url = urls[worker % urls.len()].clone();
+        async move { post(&http, &url, n).await }
+    })
+    .await
+}
+
+/// The closed loop of [`closed_loop`] around any operation: `op(worker, run)` answers
+/// `(status, latency)`.
+async fn closed_loop_with<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    ok_status: u16,
+    op: F,
+) -> Sample
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (u16, Duration)> + Send,
+{
     let start = Instant::now();
     let window_start = start + warmup;
     let end = window_start + measure;
     let mut workers = Vec::new();
     for i in 0..concurrency {
-        let http = http.clone();
-        let url = urls[i % urls.len()].clone();
+        let op = op.clone();
         workers.push(tokio::spawn(async move {
             let mut s = Sample::default();
             for _ in 0..1_000_000u32 {
@@ -477,7 +499,7 @@ async fn closed_loop(
                 if sent >= end {
                     break;
                 }
-                let (status, lat) = post(&http, &url, next_run()).await;
+                let (status, lat) = op(i, next_run()).await;
                 if sent >= window_start && sent + lat <= end {
                     if status == ok_status {
                         s.ok += 1;
@@ -502,6 +524,76 @@ async fn closed_loop(
     }
     total.lat_ms.sort_by(f64::total_cmp);
     total
+}
+
+/// The draft the relay stores for the bench webhook `n` (what `render` shows for `body(n)`).
+fn bench_draft(n: u64) -> dingtalk_relay::mapping::ReportDraft {
+    let content = format!(
+        "✅ **CI / build** 成功 success  \n项目 Project: acme/api  \n分支 Branch: main @ 9f2c1e7  \n\
+         说明 Message: Fix flaky test  \n触发 By: octocat  \n耗时 Duration: 3m12s  \n\
+         摘要 Summary: bench run {n}  \n链接 Link: https://ci.example.com/runs/{n}"
+    );
+    serde_json::from_value(json!({
+        "app": "default",
+        "template": {"name": null, "id": "sandbox-daily-report-template", "owner": null,
+            "fields": [{"name": "今日完成工作", "sort": 0, "type": 1},
+                {"name": "未完成工作", "sort": 1, "type": 1},
+                {"name": "需协调工作", "sort": 2, "type": 1}]},
+        "author": "manager01", "to_userids": ["lead01"], "to_cids": [], "to_chat": false,
+        "dd_from": "dingtalk-relay",
+        "contents": [{"field": "今日完成工作", "content": content}],
+    }))
+    .expect("the bench draft is a ReportDraft")
+}
+
+/// The SQLite store alone, in this process: `concurrency` tasks calling `Store::enqueue` in a
+/// closed loop with the draft the relay stores for the bench webhook. No HTTP, no parsing, no
+/// mapping: the most durable webhooks per second the store's group commit manages here.
+/// `sequential_keys`: dedup keys that sort in arrival order, instead of the relay's
+/// `route:sha256:<hex>` for bodies without a delivery id (the experiment that prices the
+/// random dedup-index page each webhook dirties).
+async fn store_ceiling(
+    path: &Path,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    sequential_keys: bool,
+) -> Sample {
+    use dingtalk_relay::store::{Enqueued, NewDelivery, SqliteStore, Store};
+    use sha2::Digest;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&path.display().to_string())
+            .await
+            .expect("the SQLite store opens"),
+    );
+    closed_loop_with(concurrency, warmup, measure, 202, move |_, n| {
+        let store = store.clone();
+        async move {
+            let dedup_key = if sequential_keys {
+                format!("ci:id:{n:020}")
+            } else {
+                format!("ci:sha256:{}", hex::encode(sha2::Sha256::digest(body(n))))
+            };
+            let new = NewDelivery {
+                id: uuid::Uuid::now_v7().to_string(),
+                route: "ci".into(),
+                dedup_key,
+                draft: bench_draft(n),
+                received_at: chrono::Utc::now(),
+            };
+            let started = Instant::now();
+            let answer = store
+                .enqueue(new, Duration::from_secs(3600), u64::MAX)
+                .await;
+            let status = match answer {
+                Ok(Enqueued::Queued(_)) => 202,
+                Ok(Enqueued::Duplicate(_)) => 200,
+                Err(_) => 0,
+            };
+            (status, started.elapsed())
+        }
+    })
+    .await
 }
 
 /// Posts `count` webhooks with at most `concurrency` in flight; returns the 202 count.
@@ -658,6 +750,28 @@ async fn run(opts: Opts, fake_rt: tokio::runtime::Handle) {
         json!({"log_lines": log_lines, "log_bytes": log_bytes, "measured_202": relay_posts}),
     );
     relay.stop();
+
+    // The store's own ceiling, in this process with nothing else running: what the relay's
+    // c=64 intake could reach if HTTP, parsing and mapping cost nothing.
+    let mut ceiling = serde_json::Map::new();
+    for (name, sequential) in [
+        ("hashed dedup keys (as the relay)", false),
+        ("sequential dedup keys (experiment)", true),
+    ] {
+        let path = dir.path().join(format!("ceiling-{sequential}.db"));
+        let s = store_ceiling(&path, 64, warmup, opts.measure, sequential).await;
+        intake_row(&format!("SQLite store alone, {name}"), 64, &s);
+        ceiling.insert(
+            if sequential {
+                "sequential_keys"
+            } else {
+                "hashed_keys"
+            }
+            .into(),
+            s.json(),
+        );
+    }
+    results.insert("store_ceiling_c64".into(), Value::Object(ceiling));
 
     let pg_url = std::env::var(POSTGRES_URL_VAR).ok();
     let mut pg_databases = Vec::new();

@@ -164,7 +164,16 @@ impl Worker {
                     drop(permit);
                 });
             }
-            if idle || permits.available_permits() == 0 {
+            if permits.available_permits() == 0 {
+                // Every worker is busy, so nothing can be claimed until one finishes: a
+                // webhook's wake-up is not worth a store query (during intake bursts that
+                // was one query per webhook).
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            } else if idle {
                 let wait = self.idle_wait().await;
                 tokio::select! {
                     () = cancel.cancelled() => break,
