@@ -4,7 +4,8 @@
 //! run), an in-process fake DingTalk (the `sandbox` module, served on its own tokio runtime,
 //! behind a "gate" that answers 503 while closed so deliveries can be queued), and a bare
 //! axum server answering 202 (the ceiling: this same binary re-executed with
-//! `--bare-server`). A reqwest load generator with N concurrent workers measures intake,
+//! `--bare-server`). A reqwest load generator with N concurrent workers measures intake
+//! (next to the SQLite store alone, called in-process: the store's own ceiling),
 //! end-to-end latency, drain at DingTalk's rate limit, token single-flight, memory, startup,
 //! scaling on PostgreSQL and synchronous `?wait=`. Every scenario prints a markdown table
 //! row; the run writes `benches/results/latest.json` and plots it with `benches/plot.py`.
