@@ -1,8 +1,8 @@
 //! The digest statements both SQL backends run, written once: keeping a digest event (with
 //! its dedup key) and closing a digest. The same SQL works on SQLite and PostgreSQL but for
 //! the parameter syntax (`?1` / `$1`) and row locking (PostgreSQL locks the period's events),
-//! so one macro writes the functions for each connection type. Each runs inside the caller's
-//! transaction; the caller commits when told to.
+//! so one macro writes the functions for each backend. Each takes the backend's pool and owns
+//! its transaction, so the stores' trait methods only pick the pool.
 
 use std::time::Duration;
 
@@ -11,13 +11,24 @@ use chrono::{DateTime, Utc};
 use super::sql::{DIGEST_COLUMNS, decode_digest_rows, from_ms, millis, ms, unavailable};
 use super::{ClosedDigest, DigestBuilder, Enqueued, Error, NewDigestEvent, Result};
 
-/// Writes the functions for one backend: `$conn` its connection type, `$p` its n-th parameter,
-/// `$lock` what locks selected rows.
+/// Writes the functions for one backend: `$pool` its pool type, `$conn` its connection type,
+/// `$p` its n-th parameter, `$lock` what locks selected rows.
 macro_rules! digest_statements {
-    ($conn:ty, $p:expr, $lock:literal) => {
+    ($pool:ty, $conn:ty, $p:expr, $lock:literal) => {
         /// Claims the event's dedup key (or takes over one older than `window`) and stores the
-        /// event. `Duplicate` carries the first id when the key is taken.
+        /// event, in one transaction. `Duplicate` carries the first id when the key is taken.
         pub(crate) async fn add_event(
+            pool: &$pool,
+            new: &NewDigestEvent,
+            window: Duration,
+        ) -> Result<Enqueued> {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let kept = keep_event(&mut tx, new, window).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(kept)
+        }
+
+        async fn keep_event(
             tx: &mut $conn,
             new: &NewDigestEvent,
             window: Duration,
@@ -76,7 +87,12 @@ macro_rules! digest_statements {
         }
 
         /// The scheduled time of `route`'s latest digest.
-        pub(crate) async fn last(tx: &mut $conn, route: &str) -> Result<Option<DateTime<Utc>>> {
+        pub(crate) async fn last(pool: &$pool, route: &str) -> Result<Option<DateTime<Utc>>> {
+            let mut conn = pool.acquire().await.map_err(unavailable)?;
+            last_in(&mut conn, route).await
+        }
+
+        async fn last_in(tx: &mut $conn, route: &str) -> Result<Option<DateTime<Utc>>> {
             let p: fn(u8) -> String = $p;
             let last: Option<i64> = sqlx::query_scalar(&format!(
                 "SELECT MAX(period_end) FROM digest_runs WHERE route = {}",
@@ -90,22 +106,39 @@ macro_rules! digest_statements {
         }
 
         /// The events `route` keeps, oldest first.
-        pub(crate) async fn events(tx: &mut $conn, route: &str) -> Result<Vec<crate::store::DigestEvent>> {
+        pub(crate) async fn events(pool: &$pool, route: &str) -> Result<Vec<crate::store::DigestEvent>> {
             let p: fn(u8) -> String = $p;
             let rows = sqlx::query(&format!(
                 "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = {} ORDER BY received_at, id",
                 p(1)
             ))
             .bind(route)
-            .fetch_all(&mut *tx)
+            .fetch_all(pool)
             .await
             .map_err(unavailable)?;
             rows.iter().map(crate::store::sql::row_to_digest_event).collect()
         }
 
-        /// Makes the digest (see `Store::close_digest`) inside `tx`. `None`: already made,
-        /// roll back; `Some`: commit.
+        /// Makes the digest (see `Store::close_digest`) in one transaction, committed only
+        /// when it was made.
         pub(crate) async fn close(
+            pool: &$pool,
+            route: &str,
+            period_end: DateTime<Utc>,
+            now: DateTime<Utc>,
+            build: DigestBuilder<'_>,
+        ) -> Result<Option<ClosedDigest>> {
+            // Dropping `tx` without commit (already made, or an error) rolls everything back.
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let closed = close_in(&mut tx, route, period_end, now, build).await?;
+            if closed.is_some() {
+                tx.commit().await.map_err(unavailable)?;
+            }
+            Ok(closed)
+        }
+
+        /// [`close`] inside `tx`. `None`: already made, roll back; `Some`: commit.
+        async fn close_in(
             tx: &mut $conn,
             route: &str,
             period_end: DateTime<Utc>,
@@ -114,7 +147,7 @@ macro_rules! digest_statements {
         ) -> Result<Option<ClosedDigest>> {
             let p: fn(u8) -> String = $p;
             let end = ms(period_end);
-            let last = last(&mut *tx, route).await?;
+            let last = last_in(&mut *tx, route).await?;
             if last.is_some_and(|last| last >= period_end) {
                 return Ok(None);
             }
@@ -225,11 +258,21 @@ macro_rules! digest_statements {
 /// SQLite (`?1`; one writer, so nothing to lock).
 pub(super) mod sqlite {
     use super::*;
-    digest_statements!(sqlx::SqliteConnection, |n| format!("?{n}"), "");
+    digest_statements!(
+        sqlx::SqlitePool,
+        sqlx::SqliteConnection,
+        |n| format!("?{n}"),
+        ""
+    );
 }
 
 /// PostgreSQL (`$1`; the period's events are locked).
 pub(super) mod postgres {
     use super::*;
-    digest_statements!(sqlx::PgConnection, |n| format!("${n}"), " FOR UPDATE");
+    digest_statements!(
+        sqlx::PgPool,
+        sqlx::PgConnection,
+        |n| format!("${n}"),
+        " FOR UPDATE"
+    );
 }

@@ -632,20 +632,15 @@ impl Store for PostgresStore {
         new: NewDigestEvent,
         dedup_window: Duration,
     ) -> Result<Enqueued> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let kept = super::digest_sql::postgres::add_event(&mut tx, &new, dedup_window).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(kept)
+        super::digest_sql::postgres::add_event(&self.pool, &new, dedup_window).await
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        super::digest_sql::postgres::events(&mut conn, route).await
+        super::digest_sql::postgres::events(&self.pool, route).await
     }
 
     async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        super::digest_sql::postgres::last(&mut conn, route).await
+        super::digest_sql::postgres::last(&self.pool, route).await
     }
 
     async fn close_digest(
@@ -655,14 +650,7 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
-        // Dropping `tx` without commit (already made, or an error) rolls everything back.
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let closed =
-            super::digest_sql::postgres::close(&mut tx, route, period_end, now, build).await?;
-        if closed.is_some() {
-            tx.commit().await.map_err(unavailable)?;
-        }
-        Ok(closed)
+        super::digest_sql::postgres::close(&self.pool, route, period_end, now, build).await
     }
 
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {

@@ -515,20 +515,15 @@ impl Store for SqliteStore {
         new: NewDigestEvent,
         dedup_window: Duration,
     ) -> Result<Enqueued> {
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let kept = super::digest_sql::sqlite::add_event(&mut tx, &new, dedup_window).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(kept)
+        super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window).await
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
-        let mut conn = self.reader.acquire().await.map_err(unavailable)?;
-        super::digest_sql::sqlite::events(&mut conn, route).await
+        super::digest_sql::sqlite::events(&self.reader, route).await
     }
 
     async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>> {
-        let mut conn = self.reader.acquire().await.map_err(unavailable)?;
-        super::digest_sql::sqlite::last(&mut conn, route).await
+        super::digest_sql::sqlite::last(&self.reader, route).await
     }
 
     async fn close_digest(
@@ -538,13 +533,6 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
-        // Dropping `tx` without commit (already made, or an error) rolls everything back.
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let closed =
-            super::digest_sql::sqlite::close(&mut tx, route, period_end, now, build).await?;
-        if closed.is_some() {
-            tx.commit().await.map_err(unavailable)?;
-        }
-        Ok(closed)
+        super::digest_sql::sqlite::close(&self.writer, route, period_end, now, build).await
     }
 }
