@@ -527,28 +527,44 @@ where
     total
 }
 
-/// The draft the relay stores for the bench webhook `n` (what `render` shows for `body(n)`).
-fn bench_draft(n: u64) -> dingtalk_relay::mapping::ReportDraft {
-    let content = format!(
-        "✅ **CI / build** 成功 success  \n项目 Project: acme/api  \n分支 Branch: main @ 9f2c1e7  \n\
-         说明 Message: Fix flaky test  \n触发 By: octocat  \n耗时 Duration: 3m12s  \n\
-         摘要 Summary: bench run {n}  \n链接 Link: https://ci.example.com/runs/{n}"
-    );
-    serde_json::from_value(json!({
-        "app": "default",
-        "template": {"name": null, "id": "sandbox-daily-report-template", "owner": null,
-            "fields": [{"name": "今日完成工作", "sort": 0, "type": 1},
-                {"name": "未完成工作", "sort": 1, "type": 1},
-                {"name": "需协调工作", "sort": 2, "type": 1}]},
-        "author": "manager01", "to_userids": ["lead01"], "to_cids": [], "to_chat": false,
-        "dd_from": "dingtalk-relay",
-        "contents": [{"field": "今日完成工作", "content": content}],
-    }))
-    .expect("the bench draft is a ReportDraft")
+/// The draft and dedup key the relay makes of `body(n)`: the bench relay's configuration
+/// mapped by the relay's own code (`prepare`, as the webhook handler and `render` do).
+fn relay_prepares(dir: &Path, n: u64) -> (dingtalk_relay::mapping::ReportDraft, String) {
+    use dingtalk_relay::inbound::webhook::{Prepared, prepare};
+    let yaml = relay_yaml(&RelayConfig::sqlite(dir), "http://127.0.0.1:9");
+    let settings = dingtalk_relay::config::Settings::from_yaml(&yaml).expect("the bench config");
+    let mapper = dingtalk_relay::mapping::Mapper::new(&settings).expect("the bench mapper");
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().expect("header"));
+    let body = body(n);
+    let request = dingtalk_relay::sources::Request {
+        headers: &headers,
+        body: body.as_bytes(),
+        target: "/v1/hooks/ci",
+        method: "post",
+        now: chrono::Utc::now(),
+    };
+    match prepare(&settings, &mapper, "ci", &request) {
+        Ok(Prepared::Report {
+            draft, dedup_key, ..
+        }) => (draft, dedup_key),
+        other => panic!("the bench webhook makes a report, not {other:?}"),
+    }
+}
+
+/// The relay's dedup key for `body(n)` (a body without a delivery id: the route plus a SHA-256
+/// of route and body), computed without mapping so that the store ceiling spends no CPU on it;
+/// [`store_ceiling`] checks it against [`relay_prepares`].
+fn relay_dedup_key(n: u64) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"ci\0");
+    hash.update(body(n).as_bytes());
+    format!("ci:sha256:{}", hex::encode(hash.finalize()))
 }
 
 /// The SQLite store alone, in this process: `concurrency` tasks calling `Store::enqueue` in a
-/// closed loop with the draft the relay stores for the bench webhook. No HTTP, no parsing, no
+/// closed loop with the draft the relay makes of the bench webhook. No HTTP, no parsing, no
 /// mapping: the most durable webhooks per second the store's group commit manages here.
 /// `sequential_keys`: dedup keys that sort in arrival order, instead of the relay's
 /// `route:sha256:<hex>` for bodies without a delivery id (the experiment that prices the
@@ -561,7 +577,12 @@ async fn store_ceiling(
     sequential_keys: bool,
 ) -> Sample {
     use dingtalk_relay::store::{Enqueued, NewDelivery, SqliteStore, Store};
-    use sha2::Digest;
+    let (draft, key) = relay_prepares(path.parent().expect("a directory"), 0);
+    assert_eq!(
+        key,
+        relay_dedup_key(0),
+        "the bench computes the relay's dedup key"
+    );
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&path.display().to_string())
             .await
@@ -569,17 +590,18 @@ async fn store_ceiling(
     );
     closed_loop_with(concurrency, warmup, measure, 202, move |_, n| {
         let store = store.clone();
+        let draft = draft.clone();
         async move {
             let dedup_key = if sequential_keys {
                 format!("ci:id:{n:020}")
             } else {
-                format!("ci:sha256:{}", hex::encode(sha2::Sha256::digest(body(n))))
+                relay_dedup_key(n)
             };
             let new = NewDelivery {
                 id: uuid::Uuid::now_v7().to_string(),
                 route: "ci".into(),
                 dedup_key,
-                draft: bench_draft(n),
+                draft,
                 received_at: chrono::Utc::now(),
             };
             let started = Instant::now();
