@@ -485,13 +485,14 @@ fn seed(name: &str, kind: SourceKind, headers: &[(&str, &str)], body: Value) -> 
     }
 }
 
-/// Captured payloads from the shared corpus (`../shared/corpus`, when it is there), plus small
-/// payloads written here for the sources the corpus lacks.
+/// Captured payloads from the repository's fixtures (`tests/fixtures/<source>/`), plus small
+/// payloads written here for the sources the fixtures lack.
 static SEEDS: LazyLock<Vec<Seed>> = LazyLock::new(|| {
     let mut seeds = inline_seeds();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let read = |source: &str, file: &str| -> Option<Value> {
-        let text = std::fs::read_to_string(dir.join(source).join(file)).ok()?;
+        let text = std::fs::read_to_string(dir.join(source).join(file))
+            .unwrap_or_else(|e| panic!("tests/fixtures/{source}/{file}: {e}"));
         serde_json::from_str(&text).ok()
     };
     let listing = |source: &str| -> Vec<String> {
@@ -502,8 +503,9 @@ static SEEDS: LazyLock<Vec<Seed>> = LazyLock::new(|| {
                     .filter(|n| n.ends_with(".json"))
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|e| panic!("tests/fixtures/{source}: {e}"));
         names.sort();
+        assert!(!names.is_empty(), "tests/fixtures/{source} has no payloads");
         names
     };
     for file in listing("github") {

@@ -194,10 +194,10 @@ fn minimise(harness: Harness, input: &[u8], location: &str, last: &LastPanic) ->
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = dingtalk_relay_fuzz::shared_corpus_seeds(&root.join("../../shared/corpus"));
+    let shared = dingtalk_relay_fuzz::shared_corpus_seeds(&root.join("../tests/fixtures"));
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().is_some_and(|a| a == "--write-corpus") {
-        // Seeds a libFuzzer corpus with the shared corpus' payloads (gitignored).
+        // Seeds a libFuzzer corpus with the captured fixtures' payloads (gitignored).
         let dir = root.join("corpus").join("sources");
         std::fs::create_dir_all(&dir).expect("corpus dir");
         for (name, input) in &shared {

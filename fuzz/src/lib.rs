@@ -421,8 +421,9 @@ pub fn config(data: &[u8]) {
 
 // === seeds from the shared corpus ===
 
-/// [`sources`] inputs built from the captured payloads in `shared/corpus` (next to the
-/// repository; third-party files, so they are not copied into `seeds/`): (file name, input).
+/// [`sources`] inputs built from the captured payloads in the repository's `tests/fixtures/`
+/// (third-party files with their licences, so they are not copied into `seeds/`): (file name,
+/// input).
 pub fn shared_corpus_seeds(corpus: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let index = |kind: SourceKind| {
         u8::try_from(

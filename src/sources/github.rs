@@ -854,7 +854,7 @@ mod tests {
 
     #[test]
     fn the_corpus_table_covers_every_file() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/github");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/github");
         let mut on_disk: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())

@@ -62,13 +62,13 @@ fn hmac(key: &str, message: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// The text of a file of the shared corpus, `corpus!("gitlab", "job.json")`
-/// (`shared/corpus/<source>/<file>`, built into the test binary).
+/// The text of a captured payload, `corpus!("gitlab", "job.json")`
+/// (`tests/fixtures/<source>/<file>` in this repository, built into the test binary).
 macro_rules! corpus {
     ($source:literal, $file:literal) => {
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/corpus/",
+            "/tests/fixtures/",
             $source,
             "/",
             $file

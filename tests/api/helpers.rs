@@ -315,15 +315,14 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub const POSTGRES_URL_VAR: &str = "DINGTALK_RELAY_TEST_POSTGRES_URL";
 
 /// A fresh database on the test PostgreSQL server, as `(server url, database name, database
-/// url)`, or `None` (with a line saying so) when `DINGTALK_RELAY_TEST_POSTGRES_URL` is unset.
-#[allow(
-    clippy::print_stderr,
-    reason = "the skip has to be visible with --nocapture"
-)]
+/// url)`, or `None` (with a `SKIPPED` line on the terminal) when
+/// `DINGTALK_RELAY_TEST_POSTGRES_URL` is unset.
 pub async fn fresh_postgres_database(what: &str) -> Option<(String, String, String)> {
     use sqlx::Connection;
     let Ok(url) = std::env::var(POSTGRES_URL_VAR) else {
-        eprintln!("skipped: {what} needs PostgreSQL ({POSTGRES_URL_VAR} is not set)");
+        report_skip(&format!(
+            "{what} needs PostgreSQL ({POSTGRES_URL_VAR} is not set)"
+        ));
         return None;
     };
     let database = format!("relay_test_{:016x}", rand::random::<u64>());
@@ -337,6 +336,15 @@ pub async fn fresh_postgres_database(what: &str) -> Option<(String, String, Stri
     conn.close().await.expect("close admin connection");
     let database_url = with_database(&url, &database);
     Some((url, database, database_url))
+}
+
+/// Says on the terminal that the running test was skipped. libtest captures `eprintln!` and shows
+/// it only for failures (so a skipped test would read as a plain `ok`); a write to the stderr
+/// handle itself is not captured, so the line is seen in every run.
+pub fn report_skip(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
 
 /// `url` with its database name replaced by `database`.

@@ -11,10 +11,10 @@ const SECRET: &str = "ci-s3cret";
 
 fn corpus(path: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/../shared/corpus/{path}",
+        "{}/tests/fixtures/{path}",
         env!("CARGO_MANIFEST_DIR")
     ))
-    .unwrap_or_else(|e| panic!("corpus/{path}: {e}"))
+    .unwrap_or_else(|e| panic!("tests/fixtures/{path}: {e}"))
 }
 
 /// One route per CI system, all with the same secret.
@@ -378,5 +378,87 @@ fn render_shows_the_report_of_every_ci_system() {
             !stdout.contains(SECRET),
             "{route}: render printed the secret"
         );
+    }
+}
+
+// === the fixtures belong to the repository ===
+
+/// Every file under `dir` (recursively), skipping build output.
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let name = entry.file_name();
+            if name != "target" && name != "corpus" && name != "artifacts" {
+                files_under(&path, out);
+            }
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// A fresh clone has nothing beside it: no source, test, bench or fuzz target may read a path
+/// that leaves the repository (the captured payloads used to come from a `shared/corpus` folder
+/// beside the checkout).
+#[test]
+fn nothing_references_files_outside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches", "fuzz"] {
+        files_under(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 50, "{} files", files.len());
+    // Spelled in pieces so this file does not match itself.
+    let outside = [concat!("..", "/shared"), concat!("..", "\\shared")];
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|p| !p.starts_with(root.join("tests/fixtures")))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            outside
+                .iter()
+                .any(|o| text.contains(o))
+                .then(|| p.strip_prefix(root).unwrap_or(p).display().to_string())
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "paths outside the repository in {offenders:?}"
+    );
+}
+
+/// Each source's captured payloads carry their licence, and the payloads this suite posts exist.
+#[test]
+fn every_fixture_source_has_its_licence() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut sources: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/fixtures")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    sources.sort_by_key(|e| e.file_name());
+    let names: Vec<String> = sources
+        .iter()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["azuredevops", "bitbucket", "drone", "github", "gitlab"]
+    );
+    for source in &sources {
+        let licence = source.path().join("LICENSE");
+        let text = std::fs::read_to_string(&licence)
+            .unwrap_or_else(|e| panic!("{}: {e}", licence.display()));
+        assert!(text.contains("License"), "{}", licence.display());
+        let payloads = std::fs::read_dir(source.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count();
+        assert!(payloads > 0, "{:?} has no payloads", source.file_name());
     }
 }
