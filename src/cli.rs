@@ -140,8 +140,8 @@ pub async fn render(
             Err(e) => return Ok(Rendered::Rejected(e.status.as_u16(), e.body())),
         };
         match prepared {
-            Prepared::Ignored(reason) if !digest => return Ok(Rendered::Ignored(reason)),
-            Prepared::Ignored(reason) => ignored.push(json!({"body": i + 1, "reason": reason})),
+            Prepared::Ignored(reason, _) if !digest => return Ok(Rendered::Ignored(reason)),
+            Prepared::Ignored(reason, _) => ignored.push(json!({"body": i + 1, "reason": reason})),
             Prepared::Digest { group, .. } if !digest => {
                 return Ok(Rendered::KeptForDigest(group));
             }

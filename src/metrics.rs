@@ -1,13 +1,79 @@
 //! Metrics: the relay's Prometheus series, held in a registry owned by [`Metrics`] (never the
 //! global one, so several apps can live in one test binary). Labels come from route, app and API
-//! names, never from raw URLs.
+//! names, never from raw URLs. Every series whose labels the configuration names (routes, apps,
+//! DingTalk APIs, outcomes) is exported at 0 from the first scrape ([`Metrics::track`]), so
+//! `increase()` sees the first failure.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+use crate::config::Settings;
+use crate::dingtalk::api;
+
+/// `outcome` values of `dingtalk_relay_webhooks_received_total` for a configured route
+/// (`not_found` is only ever counted under the route label `_unknown`).
+pub const WEBHOOK_OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "ignored",
+    "invalid",
+    "unauthorized",
+    "too_large",
+    "unsupported_media_type",
+    "unavailable",
+    "rate_limited",
+    "error",
+];
+
+/// The route label webhooks to a route that is not configured are counted under.
+pub const UNKNOWN_ROUTE: &str = "_unknown";
+
+/// `outcome` values of `dingtalk_relay_deliveries_total`.
+pub const DELIVERY_OUTCOMES: &[&str] = &[
+    "delivered",
+    "retried",
+    "failed",
+    "duplicate",
+    "ambiguous",
+    "deferred",
+];
+
+/// The DingTalk APIs the relay calls (`api` label).
+pub const DINGTALK_APIS: &[&str] = &[
+    api::GETTOKEN,
+    api::REPORT_CREATE,
+    api::TEMPLATE_GETBYNAME,
+    api::REPORT_LIST,
+];
+
+/// `outcome` values of `dingtalk_relay_dingtalk_requests_total`.
+pub const DINGTALK_OUTCOMES: &[&str] = &[
+    "ok",
+    "errcode",
+    "http_error",
+    "invalid_body",
+    "transport",
+    "config",
+];
+
+/// `outcome` values of `dingtalk_relay_digests_total`.
+pub const DIGEST_OUTCOMES: &[&str] = &["made", "empty", "error"];
+
+/// `reason` values of `dingtalk_relay_webhooks_ignored_total`: a bounded set, whatever the
+/// free-text reason in the webhook's answer says.
+pub const IGNORE_REASONS: &[&str] = &["source_event", "filtered", "unknown_actor", "empty"];
+
+/// The version and revision (`git rev-parse --short=12 HEAD` at build time, or the
+/// `DINGTALK_RELAY_REVISION` environment variable of the build; `unknown` without either) of this
+/// binary.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// See [`VERSION`].
+pub const REVISION: &str = env!("DINGTALK_RELAY_REVISION");
 
 /// Every series the relay exports (fields through [`Series`]). Cheap to clone: one `Arc`
 /// (the application state holding it is cloned for every request).
@@ -61,6 +127,25 @@ pub struct Series {
     /// `dingtalk_relay_digest_reports_saved_total{route}`: reports (metered DingTalk calls)
     /// saved by digests: events folded minus digest reports made.
     pub digest_reports_saved: IntCounterVec,
+    /// `dingtalk_relay_webhooks_ignored_total{route,reason}`: webhooks answered `ignored`, by
+    /// one of [`IGNORE_REASONS`].
+    pub webhooks_ignored: IntCounterVec,
+    /// `dingtalk_relay_config_last_reload_successful`: 1 when the last load (startup or
+    /// reload) succeeded, 0 when the last reload was refused.
+    pub config_last_reload_successful: IntGauge,
+    /// `dingtalk_relay_config_last_reload_success_timestamp_seconds`: Unix time of the last
+    /// successful load (startup counts).
+    pub config_last_reload_success_timestamp: Gauge,
+    /// The labels [`Metrics::track`] exported at 0 last time, to drop those a reload removed.
+    tracked: Mutex<Tracked>,
+}
+
+/// Route, digest route and app names whose series are exported.
+#[derive(Default)]
+struct Tracked {
+    routes: BTreeSet<String>,
+    digest_routes: BTreeSet<String>,
+    apps: BTreeSet<String>,
 }
 
 impl Metrics {
@@ -198,8 +283,51 @@ impl Metrics {
             "Reports (metered DingTalk calls) saved by digest mode: events folded minus digest reports made, by route.",
             &["route"],
         );
+        let webhooks_ignored = counter(
+            "dingtalk_relay_webhooks_ignored_total",
+            "Webhooks answered ignored, by route and reason (source_event: the source does not report this event kind; filtered: events, statuses or branches; unknown_actor: the person has no DingTalk userid in users; empty: every field rendered empty).",
+            &["route", "reason"],
+        );
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "dingtalk_relay_build_info",
+                "Always 1: the relay's version and the source revision it was built from.",
+            ),
+            &["version", "revision"],
+        )
+        .expect("metric names and labels are static and valid");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("each metric is registered once in a fresh registry");
+        build_info.with_label_values(&[VERSION, REVISION]).set(1);
+        let config_last_reload_successful = gauge(
+            "dingtalk_relay_config_last_reload_successful",
+            "1 when the last configuration load (startup or reload) succeeded, 0 when the last reload was refused.",
+        );
+        let config_last_reload_success_timestamp = Gauge::new(
+            "dingtalk_relay_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (startup or reload).",
+        )
+        .expect("metric names are static and valid");
+        registry
+            .register(Box::new(config_last_reload_success_timestamp.clone()))
+            .expect("each metric is registered once in a fresh registry");
+        for outcome in ["ok", "error"] {
+            config_reloads.with_label_values(&[outcome]);
+        }
+        webhooks_received.with_label_values(&[UNKNOWN_ROUTE, "not_found"]);
+        for api in DINGTALK_APIS {
+            dingtalk_duration.with_label_values(&[api]);
+            for outcome in DINGTALK_OUTCOMES {
+                dingtalk_requests.with_label_values(&[api, outcome]);
+            }
+        }
         Self(Arc::new(Series {
             registry,
+            webhooks_ignored,
+            config_last_reload_successful,
+            config_last_reload_success_timestamp,
+            tracked: Mutex::default(),
             digests,
             digest_events_folded,
             digest_reports_saved,
@@ -218,6 +346,109 @@ impl Metrics {
             http_requests,
             http_duration,
         }))
+    }
+
+    /// Exports at 0 every series whose labels `settings` names and that has not been counted
+    /// yet (existing values are kept): per route × outcome, per app × outcome,
+    /// `content_truncated_total` per route, the digest series per digest route. Series of routes
+    /// and apps that are no longer configured are dropped. Called at startup and after every
+    /// successful reload.
+    pub fn track(&self, settings: &Settings) {
+        let routes: BTreeSet<String> = settings.routes.keys().cloned().collect();
+        let digest_routes: BTreeSet<String> = settings
+            .routes
+            .iter()
+            .filter(|(_, r)| r.digest.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let apps: BTreeSet<String> = settings.dingtalk.apps.keys().cloned().collect();
+        let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
+        // Removing a series that was never created is an error prometheus reports; ignored.
+        for route in tracked.routes.difference(&routes) {
+            for outcome in WEBHOOK_OUTCOMES {
+                let _ = self
+                    .webhooks_received
+                    .remove_label_values(&[route.as_str(), outcome]);
+            }
+            for outcome in DELIVERY_OUTCOMES {
+                let _ = self
+                    .deliveries
+                    .remove_label_values(&[route.as_str(), outcome]);
+            }
+            for reason in IGNORE_REASONS {
+                let _ = self
+                    .webhooks_ignored
+                    .remove_label_values(&[route.as_str(), reason]);
+            }
+            let _ = self
+                .content_truncated
+                .remove_label_values(&[route.as_str()]);
+        }
+        for route in tracked.digest_routes.difference(&digest_routes) {
+            for outcome in DIGEST_OUTCOMES {
+                let _ = self.digests.remove_label_values(&[route.as_str(), outcome]);
+            }
+            let _ = self
+                .digest_events_folded
+                .remove_label_values(&[route.as_str()]);
+            let _ = self
+                .digest_reports_saved
+                .remove_label_values(&[route.as_str()]);
+        }
+        for app in tracked.apps.difference(&apps) {
+            for outcome in ["ok", "error"] {
+                let _ = self
+                    .token_refreshes
+                    .remove_label_values(&[app.as_str(), outcome]);
+            }
+        }
+        for route in &routes {
+            for outcome in WEBHOOK_OUTCOMES {
+                self.webhooks_received
+                    .with_label_values(&[route.as_str(), outcome]);
+            }
+            for outcome in DELIVERY_OUTCOMES {
+                self.deliveries
+                    .with_label_values(&[route.as_str(), outcome]);
+            }
+            for reason in IGNORE_REASONS {
+                self.webhooks_ignored
+                    .with_label_values(&[route.as_str(), reason]);
+            }
+            self.content_truncated.with_label_values(&[route.as_str()]);
+        }
+        for route in &digest_routes {
+            for outcome in DIGEST_OUTCOMES {
+                self.digests.with_label_values(&[route.as_str(), outcome]);
+            }
+            self.digest_events_folded
+                .with_label_values(&[route.as_str()]);
+            self.digest_reports_saved
+                .with_label_values(&[route.as_str()]);
+        }
+        for app in &apps {
+            for outcome in ["ok", "error"] {
+                self.token_refreshes
+                    .with_label_values(&[app.as_str(), outcome]);
+            }
+        }
+        *tracked = Tracked {
+            routes,
+            digest_routes,
+            apps,
+        };
+    }
+
+    /// Records a configuration load: `ok` sets the success gauge and its timestamp, a refused
+    /// reload sets the gauge to 0 (the timestamp keeps the last success).
+    pub fn config_loaded(&self, ok: bool) {
+        self.config_last_reload_successful.set(i64::from(ok));
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.config_last_reload_success_timestamp.set(now);
+        }
     }
 
     /// The registry in Prometheus text format.

@@ -59,6 +59,10 @@ impl Reloader {
             .config_reloads
             .with_label_values(&[outcome])
             .inc();
+        self.metrics.config_loaded(result.is_ok());
+        if result.is_ok() {
+            self.metrics.track(&self.runtime.load().settings);
+        }
         match &result {
             Ok(summary) => tracing::info!(summary, "configuration reloaded"),
             Err(reason) => {
@@ -159,6 +163,7 @@ impl Application {
             }
         }
         let metrics = Metrics::new();
+        metrics.track(&settings);
         let store = store::open(&settings.store.url)
             .await
             .context("opening the store")?;
@@ -201,6 +206,8 @@ impl Application {
             shared_limit,
             busy: tokio::sync::Mutex::new(()),
         });
+        // Counted once everything above accepted the configuration.
+        metrics.config_loaded(true);
         let state = AppState {
             runtime,
             store,

@@ -2217,7 +2217,7 @@ proptest! {
                         prop_assert!(draft.contents.iter().any(|c| &c.field == field));
                     }
                 }
-                Ok(Mapped::Ignored { reason }) => prop_assert!(!reason.is_empty()),
+                Ok(Mapped::Ignored { reason, .. }) => prop_assert!(!reason.is_empty()),
                 Err(e) => prop_assert!(false, "{route}: {e}"),
             }
         }

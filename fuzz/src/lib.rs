@@ -386,7 +386,7 @@ pub fn mapping(data: &[u8]) {
                     assert!(draft.contents.iter().any(|c| &c.field == field));
                 }
             }
-            Ok(Mapped::Ignored { reason }) => assert!(!reason.is_empty()),
+            Ok(Mapped::Ignored { reason, .. }) => assert!(!reason.is_empty()),
             Err(e) => panic!("{route}: {e}"),
         }
     }

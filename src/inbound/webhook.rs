@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::ApiError;
 use crate::config::{RouteSettings, Settings};
 use crate::delivery::{Outcome, final_outcome};
-use crate::mapping::{Admitted, Mapped, Mapper, ReportDraft};
+use crate::mapping::{Admitted, IgnoreKind, Mapped, Mapper, ReportDraft};
 use crate::sources;
 use crate::state::{AppState, Runtime};
 use crate::store::{self, Enqueued, NewDelivery, NewDigestEvent};
@@ -52,8 +52,8 @@ pub enum Prepared {
         /// Dedup key.
         dedup_key: String,
     },
-    /// The route deliberately does not report it.
-    Ignored(String),
+    /// The route deliberately does not report it: why, and why as a bounded label.
+    Ignored(String, IgnoreKind),
 }
 
 /// Checks the content type, parses the body with the route's source and maps it: everything
@@ -73,11 +73,13 @@ pub fn prepare(
         .map_err(|e| ApiError::invalid_payload(e.message, e.field))?
     {
         sources::Parsed::Event(event) => event,
-        sources::Parsed::Ignored(reason) => return Ok(Prepared::Ignored(reason)),
+        sources::Parsed::Ignored(reason) => {
+            return Ok(Prepared::Ignored(reason, IgnoreKind::SourceEvent));
+        }
     };
     if route.digest.is_some() {
         return match mapper.admit(route_name, &event) {
-            Ok(Admitted::Ignored { reason }) => Ok(Prepared::Ignored(reason)),
+            Ok(Admitted::Ignored { reason, kind }) => Ok(Prepared::Ignored(reason, kind)),
             Ok(Admitted::Digest { group }) => Ok(Prepared::Digest {
                 event,
                 group,
@@ -87,7 +89,7 @@ pub fn prepare(
         };
     }
     match mapper.map(route_name, &event, request.now) {
-        Ok(Mapped::Ignored { reason }) => Ok(Prepared::Ignored(reason)),
+        Ok(Mapped::Ignored { reason, kind }) => Ok(Prepared::Ignored(reason, kind)),
         Ok(Mapped::Report { draft, truncated }) => Ok(Prepared::Report {
             draft,
             truncated,
@@ -271,8 +273,13 @@ async fn handle(
     let wait = parse_wait(query)?;
     let (draft, truncated, dedup_key) =
         match prepare(settings, &runtime.mapper, route_name, &request)? {
-            Prepared::Ignored(reason) => {
+            Prepared::Ignored(reason, kind) => {
                 tracing::info!(reason, "webhook ignored");
+                state
+                    .metrics
+                    .webhooks_ignored
+                    .with_label_values(&[route_name, kind.as_str()])
+                    .inc();
                 let answer = Json(json!({"status": "ignored", "reason": reason}));
                 return Ok(("ignored", (StatusCode::OK, answer).into_response()));
             }

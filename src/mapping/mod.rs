@@ -96,7 +96,35 @@ pub enum Mapped {
     Ignored {
         /// Why, for the webhook answer and the log.
         reason: String,
+        /// The bounded kind of `reason`, for the metric.
+        kind: IgnoreKind,
     },
+}
+
+/// Why an event is not reported, as a bounded label
+/// (`dingtalk_relay_webhooks_ignored_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreKind {
+    /// The source does not report this event kind (a ping, a build still running, …).
+    SourceEvent,
+    /// The route's `events`, `statuses` or `branches` leave it out.
+    Filtered,
+    /// The person it is about has no DingTalk userid in `users`, and the route needs one.
+    UnknownActor,
+    /// Every field rendered empty.
+    Empty,
+}
+
+impl IgnoreKind {
+    /// The metric label (one of [`crate::metrics::IGNORE_REASONS`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SourceEvent => "source_event",
+            Self::Filtered => "filtered",
+            Self::UnknownActor => "unknown_actor",
+            Self::Empty => "empty",
+        }
+    }
 }
 
 /// What a digest route makes of an event at intake.
@@ -111,6 +139,8 @@ pub enum Admitted {
     Ignored {
         /// Why.
         reason: String,
+        /// The bounded kind of `reason`, for the metric.
+        kind: IgnoreKind,
     },
 }
 
@@ -347,7 +377,10 @@ impl Mapper {
         if let Event::JobStatus(job) = event
             && let Some(reason) = filter(route, compiled, job)
         {
-            return Ok(Mapped::Ignored { reason });
+            return Ok(Mapped::Ignored {
+                reason,
+                kind: IgnoreKind::Filtered,
+            });
         }
         // Who the event is about, how to say it when they have no userid, and the context.
         let (person, unmapped) = self.person(event);
@@ -368,6 +401,7 @@ impl Mapper {
                 None => {
                     return Ok(Mapped::Ignored {
                         reason: format!("{unmapped} (needed by routes.{route}.author: actor)"),
+                        kind: IgnoreKind::UnknownActor,
                     });
                 }
             }
@@ -393,6 +427,7 @@ impl Mapper {
         if contents.is_empty() {
             return Ok(Mapped::Ignored {
                 reason: "every field rendered empty".to_owned(),
+                kind: IgnoreKind::Empty,
             });
         }
         Ok(Mapped::Report {
@@ -443,7 +478,10 @@ impl Mapper {
         if let Event::JobStatus(job) = event
             && let Some(reason) = filter(route, compiled, job)
         {
-            return Ok(Admitted::Ignored { reason });
+            return Ok(Admitted::Ignored {
+                reason,
+                kind: IgnoreKind::Filtered,
+            });
         }
         let group_by = rs.digest.as_ref().map(|d| d.group_by).unwrap_or_default();
         let group = match group_by {
@@ -459,6 +497,7 @@ impl Mapper {
                 (None, unmapped) => {
                     return Ok(Admitted::Ignored {
                         reason: format!("{unmapped} (needed by routes.{route}.author: actor)"),
+                        kind: IgnoreKind::UnknownActor,
                     });
                 }
             },

@@ -73,7 +73,7 @@ fn now() -> DateTime<Utc> {
 fn report(m: &Mapper, e: &Event) -> (ReportDraft, Vec<String>) {
     match m.map("ci", e, now()).unwrap() {
         Mapped::Report { draft, truncated } => (draft, truncated),
-        Mapped::Ignored { reason } => panic!("ignored: {reason}"),
+        Mapped::Ignored { reason, .. } => panic!("ignored: {reason}"),
     }
 }
 
@@ -288,7 +288,7 @@ fn filters() {
         let got = m.map("ci", &job_with(&changes), now()).unwrap();
         match (expected, got) {
             (None, Mapped::Report { .. }) => {}
-            (Some(want), Mapped::Ignored { reason }) => assert_eq!(reason, want, "{label}"),
+            (Some(want), Mapped::Ignored { reason, .. }) => assert_eq!(reason, want, "{label}"),
             (want, got) => panic!("{label}: wanted {want:?}, got {got:?}"),
         }
     }
@@ -383,7 +383,7 @@ fn actor_author_mapping() {
                 assert_eq!(draft.author, *author, "{label}");
                 assert_eq!(draft.to_userids, vec![*author, "lead01"], "{label}");
             }
-            (Mapped::Ignored { reason }, Err(want)) => assert_eq!(reason, *want, "{label}"),
+            (Mapped::Ignored { reason, .. }, Err(want)) => assert_eq!(reason, *want, "{label}"),
             (got, want) => panic!("{label}: wanted {want:?}, got {got:?}"),
         }
     }
@@ -590,7 +590,8 @@ fn every_field_empty_is_ignored() {
     assert_eq!(
         got,
         Mapped::Ignored {
-            reason: "every field rendered empty".to_owned()
+            reason: "every field rendered empty".to_owned(),
+            kind: IgnoreKind::Empty,
         }
     );
 }
@@ -683,7 +684,8 @@ fn standup_defaults() {
         m.map("daily", &unmapped, now()).unwrap(),
         Mapped::Ignored {
             reason: r#"user "hubot" has no DingTalk userid in users (needed by routes.daily.author: actor)"#
-                .to_owned()
+                .to_owned(),
+            kind: IgnoreKind::UnknownActor,
         }
     );
 }

@@ -300,7 +300,7 @@ fn admission_applies_filters_and_groups() {
     let running = job_with(&[("status", serde_json::json!("running"))]);
     assert!(matches!(
         m.admit("daily", &running).unwrap(),
-        Admitted::Ignored { reason } if reason.contains("phase in_progress")
+        Admitted::Ignored { reason, .. } if reason.contains("phase in_progress")
     ));
     assert_eq!(
         m.admit("daily", &event(SPEC_JOB)).unwrap(),
@@ -311,7 +311,7 @@ fn admission_applies_filters_and_groups() {
     let stranger = job_with(&[("actor", serde_json::json!("stranger"))]);
     assert!(matches!(
         m.admit("daily", &stranger).unwrap(),
-        Admitted::Ignored { reason } if reason.contains("stranger")
+        Admitted::Ignored { reason, .. } if reason.contains("stranger")
     ));
     let by_project = mapper(&daily("project", ""));
     assert_eq!(
