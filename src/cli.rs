@@ -12,7 +12,8 @@ use crate::dingtalk::{self, DingTalkClient};
 use crate::inbound::webhook::{Prepared, prepare};
 use crate::mapping::{Mapper, ReportDraft};
 use crate::metrics::Metrics;
-use crate::startup::check_templates;
+use crate::sandbox::{FakeDingTalk, FakeOptions};
+use crate::startup::template_problems;
 use crate::store::DigestEvent;
 
 /// Loads and validates the configuration for `mode`, with the mapper's template checks.
@@ -34,8 +35,11 @@ pub fn load_checked(file: Option<&Path>, mode: Mode) -> Result<(Settings, Mapper
     Err(ConfigError::Invalid(issues))
 }
 
-/// `check-config`: validates everything; with `online`, also resolves each route's template
-/// against DingTalk. Returns the summary to print.
+/// `check-config`: validates everything. With `online`, also fetches a token for every app a
+/// route uses and resolves each route's template against DingTalk, failing (naming the app or
+/// route) when DingTalk is unreachable or refuses. With `sandbox`, checks exactly what
+/// `serve --sandbox` checks, templates against the sandbox's 日报 included. Returns the
+/// summary to print.
 pub async fn check_config(
     file: Option<&Path>,
     online: bool,
@@ -46,22 +50,140 @@ pub async fn check_config(
     } else {
         Mode::Production
     };
-    let (settings, _) = load_checked(file, mode)?;
-    if online {
+    let (mut settings, _) = load_checked(file, mode).map_err(|e| match e {
+        ConfigError::Invalid(issues) => Problems {
+            headline: "configuration is invalid".to_owned(),
+            lines: issues.iter().map(ToString::to_string).collect(),
+        },
+        other => Problems {
+            headline: other.to_string(),
+            lines: Vec::new(),
+        },
+    })?;
+    let mut checked = Vec::new();
+    // The stand-in lives until the end of the check.
+    let mut _sandbox = None;
+    if sandbox {
+        let options = FakeOptions::default();
+        let (fake, base_url) = FakeDingTalk::spawn(options.clone())
+            .await
+            .context("starting the sandbox DingTalk")?;
+        crate::startup::use_sandbox(&mut settings, &base_url, &options);
+        _sandbox = Some(fake);
         let client =
             DingTalkClient::new(&settings.dingtalk, Metrics::new()).map_err(|e| anyhow!("{e}"))?;
-        check_templates(&settings, &client).await?;
+        Problems::check(
+            "templates do not fit the configuration",
+            template_problems(&settings, &client, false).await,
+        )?;
+        checked.push("templates checked against the sandbox's 日报");
+    }
+    if online && !sandbox {
+        let client =
+            DingTalkClient::new(&settings.dingtalk, Metrics::new()).map_err(|e| anyhow!("{e}"))?;
+        let mut problems = credential_problems(&settings, &client).await;
+        problems.extend(template_problems(&settings, &client, true).await);
+        Problems::check("DingTalk check failed", problems)?;
+        checked.push("tokens and templates checked against DingTalk");
     }
     Ok(format!(
         "configuration is valid: {} route(s), {} app(s){}",
         settings.routes.len(),
         settings.dingtalk.apps.len(),
-        if online {
-            ", templates checked against DingTalk"
-        } else {
-            ""
-        }
+        checked.iter().map(|c| format!(", {c}")).collect::<String>()
     ))
+}
+
+/// How long `check-config --online` waits for one token.
+const TOKEN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A check that found problems: a headline and one line per problem (`check-config` prints
+/// each on its own line).
+#[derive(Debug)]
+pub struct Problems {
+    /// What failed.
+    pub headline: String,
+    /// Each problem, naming its key path.
+    pub lines: Vec<String>,
+}
+
+impl Problems {
+    fn check(headline: &str, lines: Vec<String>) -> Result<(), Self> {
+        if lines.is_empty() {
+            Ok(())
+        } else {
+            Err(Self {
+                headline: headline.to_owned(),
+                lines,
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.headline)?;
+        if !self.lines.is_empty() {
+            write!(f, ": {}", self.lines.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Fetches a token for every app a route uses; each failure names the app and why.
+async fn credential_problems(settings: &Settings, client: &DingTalkClient) -> Vec<String> {
+    let apps: std::collections::BTreeSet<&str> =
+        settings.routes.values().map(|r| r.app.as_str()).collect();
+    let mut problems = Vec::new();
+    for app in apps {
+        match tokio::time::timeout(TOKEN_CHECK_TIMEOUT, client.warm_token(app)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("dingtalk.apps.{app}: no access_token: {e}")),
+            Err(_) => problems.push(format!(
+                "dingtalk.apps.{app}: DingTalk did not answer gettoken within {}s",
+                TOKEN_CHECK_TIMEOUT.as_secs()
+            )),
+        }
+    }
+    problems
+}
+
+/// `check-config --print`: the effective configuration (built-in defaults, then the file(s),
+/// then the environment) as JSON, which is YAML too. Secrets show as `[redacted]`, and so does
+/// a password in `store.url`.
+pub fn effective_config(file: Option<&Path>) -> Result<String, ConfigError> {
+    let settings = Settings::load(file)?;
+    let mut value = serde_json::to_value(&settings)
+        .map_err(|e| ConfigError::Load(format!("cannot print the configuration: {e}")))?;
+    if let Some(url) = value.pointer_mut("/store/url")
+        && let Some(text) = url.as_str()
+    {
+        *url = Value::String(redact_url_password(text));
+    }
+    serde_json::to_string_pretty(&value)
+        .map_err(|e| ConfigError::Load(format!("cannot print the configuration: {e}")))
+}
+
+/// `scheme://user:password@host…` with the password replaced by `[redacted]`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:[redacted]@{host}{tail}")
+            } else {
+                url.to_owned()
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// What `render` found.

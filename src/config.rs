@@ -21,8 +21,8 @@ pub const ENV_PREFIX: &str = "DINGTALK_RELAY";
 /// The names of the fields of the standard 日报 template, filled by the built-in templates.
 pub const STANDARD_FIELDS: [&str; 3] = ["今日完成工作", "未完成工作", "需协调工作"];
 
-/// A secret string (app secret, route secret, admin token). It never prints: `Debug` and
-/// `Display` show `[redacted]`, and it has no `Serialize`.
+/// A secret string (app secret, route secret, admin token). It never prints: `Debug`,
+/// `Display` and `Serialize` (`check-config --print`) all show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -49,6 +49,12 @@ impl fmt::Display for Secret {
     }
 }
 
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret)
@@ -56,16 +62,20 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// Everything the relay is configured with (spec §4).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Listeners and request limits.
+    #[serde(default)]
     pub server: ServerSettings,
     /// The DingTalk API and the apps whose tokens the relay holds.
+    #[serde(default)]
     pub dingtalk: DingTalkSettings,
     /// Where accepted deliveries are kept.
+    #[serde(default)]
     pub store: StoreSettings,
     /// Retry and dedup policy.
+    #[serde(default)]
     pub delivery: DeliverySettings,
     /// IANA time zone in which times are rendered into reports.
     #[serde(default = "default_timezone")]
@@ -82,12 +92,14 @@ pub struct Settings {
 }
 
 /// `server.*`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address of the webhook listener (`POST /v1/hooks/{route}` only).
+    #[serde(default = "default_listen")]
     pub listen: String,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/v1/deliveries…`).
+    #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
@@ -111,7 +123,7 @@ pub struct ServerSettings {
 
 /// `routes.<name>.rate_limit`: a token bucket for the route's authenticated webhooks; beyond
 /// it they get 429 with `Retry-After`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Webhooks per second on average; fractions allowed (`0.5` is one every two seconds).
@@ -130,7 +142,7 @@ impl RateLimitSettings {
 }
 
 /// `dingtalk.*`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DingTalkSettings {
     /// Base URL of the legacy API host.
@@ -154,7 +166,7 @@ pub struct DingTalkSettings {
 }
 
 /// `dingtalk.apps.<name>.*`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSettings {
     /// The app's AppKey (Client ID).
@@ -165,11 +177,12 @@ pub struct AppSettings {
 }
 
 /// `store.*`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// `sqlite://PATH` (embedded default), `postgres://…` (several replicas) or `memory:`
     /// (tests only: loses everything on restart).
+    #[serde(default = "default_store_url")]
     pub url: String,
     /// Most deliveries waiting in the queue; beyond it webhooks get 503 with `Retry-After`.
     #[serde(default = "default_max_queued")]
@@ -177,7 +190,7 @@ pub struct StoreSettings {
 }
 
 /// `delivery.*`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
     /// Attempts before a delivery is given up as `failed`.
@@ -202,7 +215,7 @@ pub struct DeliverySettings {
 }
 
 /// `log.*`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` (human-readable) or `json` (one object per line).
@@ -223,7 +236,7 @@ impl Default for LogSettings {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -280,7 +293,7 @@ impl SourceKind {
 }
 
 /// `routes.<name>.*`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     /// Which CI system posts here.
@@ -335,7 +348,7 @@ pub struct RouteSettings {
 }
 
 /// `routes.<name>.digest.*`: when and how a route's events are folded into digests.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DigestSettings {
     /// Times of day (`HH:MM`, 24-hour, in `timezone`) at which digests are sent: one time or a
@@ -458,6 +471,46 @@ pub struct TemplateFieldSettings {
     pub kind: i64,
 }
 
+/// A section's built-in defaults: every field's serde default, so that a field added with a
+/// default is covered without listing it here (a section whose fields all have defaults).
+fn section_defaults<T: serde::de::DeserializeOwned>(section: &str) -> T {
+    serde_json::from_value(serde_json::Value::Object(serde_json::Map::new()))
+        .unwrap_or_else(|e| unreachable!("every field of {section} has a default: {e}"))
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        section_defaults("server")
+    }
+}
+
+impl Default for DingTalkSettings {
+    fn default() -> Self {
+        section_defaults("dingtalk")
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        section_defaults("store")
+    }
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        section_defaults("delivery")
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".to_owned()
+}
+fn default_admin_listen() -> String {
+    "0.0.0.0:8081".to_owned()
+}
+fn default_store_url() -> String {
+    "sqlite://data/relay.db".to_owned()
+}
 fn default_timezone() -> String {
     "Asia/Shanghai".to_owned()
 }

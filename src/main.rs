@@ -38,9 +38,14 @@ enum Command {
         /// Also resolve templates against DingTalk.
         #[arg(long)]
         online: bool,
-        /// Check as `serve --sandbox` would (secrets may be absent).
+        /// Check as `serve --sandbox` would (secrets may be absent; templates checked against
+        /// the sandbox's 日报).
         #[arg(long)]
         sandbox: bool,
+        /// Print the effective configuration (defaults, file, environment) with secrets
+        /// redacted, instead of checking it.
+        #[arg(long, conflicts_with_all = ["online", "sandbox"])]
+        print: bool,
     },
     /// Print the create_report_param a webhook would produce (nothing is sent).
     Render {
@@ -91,11 +96,29 @@ async fn run(command: Command) -> ExitCode {
         Command::Serve { config, sandbox } => serve(config, sandbox).await,
         Command::CheckConfig {
             config,
+            print: true,
+            ..
+        } => match cli::effective_config(config.as_deref()) {
+            Ok(text) => print_out(&text),
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::CheckConfig {
+            config,
             online,
             sandbox,
+            print: false,
         } => match cli::check_config(config.as_deref(), online, sandbox).await {
             Ok(summary) => print_out(&summary),
-            Err(e) => fail(&one_line(&e)),
+            Err(e) => match e.downcast_ref::<cli::Problems>() {
+                // One problem per line, each naming its key path.
+                Some(problems) if problems.lines.len() > 1 => fail(&format!(
+                    "{} ({} problems):\n  {}",
+                    problems.headline,
+                    problems.lines.len(),
+                    problems.lines.join("\n  ")
+                )),
+                _ => fail(&one_line(&e)),
+            },
         },
         Command::Render {
             route,

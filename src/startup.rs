@@ -128,7 +128,7 @@ impl Reloader {
 }
 
 /// Points the settings at the sandbox DingTalk with its credentials.
-fn use_sandbox(settings: &mut Settings, base_url: &str, options: &FakeOptions) {
+pub(crate) fn use_sandbox(settings: &mut Settings, base_url: &str, options: &FakeOptions) {
     settings.dingtalk.base_url = base_url.to_owned();
     for app in settings.dingtalk.apps.values_mut() {
         app.app_key = options.app_key.clone();
@@ -280,6 +280,25 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// field (or has it as a non-text field) is an error naming the key; an unreachable
 /// DingTalk only warns (templates are resolved again at send time).
 pub async fn check_templates(settings: &Settings, client: &DingTalkClient) -> anyhow::Result<()> {
+    let problems = template_problems(settings, client, false).await;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "templates do not fit the configuration: {}",
+            problems.join("; ")
+        )
+    }
+}
+
+/// What [`check_templates`] finds, one line per problem; `strict` (`check-config --online`)
+/// also counts a template that cannot be checked now (DingTalk unreachable, timed out,
+/// answering with a transient error), since "checked against DingTalk" must mean it was.
+pub(crate) async fn template_problems(
+    settings: &Settings,
+    client: &DingTalkClient,
+    strict: bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, route) in &settings.routes {
         let owner = route.template.owner.as_deref().unwrap_or(&route.author);
@@ -296,8 +315,23 @@ pub async fn check_templates(settings: &Settings, client: &DingTalkClient) -> an
                 ));
                 continue;
             }
+            Ok(Err(e)) if strict => {
+                problems.push(format!(
+                    "routes.{name}.template (app {}): could not look it up: {e}",
+                    route.app
+                ));
+                continue;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(route = %name, error = %e, "could not check the template now; will resolve it at send time");
+                continue;
+            }
+            Err(_) if strict => {
+                problems.push(format!(
+                    "routes.{name}.template (app {}): DingTalk did not answer the lookup within {}s",
+                    route.app,
+                    TEMPLATE_CHECK_TIMEOUT.as_secs()
+                ));
                 continue;
             }
             Err(_) => {
@@ -318,12 +352,5 @@ pub async fn check_templates(settings: &Settings, client: &DingTalkClient) -> an
             problems.push(format!("routes.{name}.{key}: {e}"));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!(
-            "templates do not fit the configuration: {}",
-            problems.join("; ")
-        )
-    }
+    problems
 }
