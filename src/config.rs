@@ -593,6 +593,18 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// Lifecycle phases a route's `events` may name.
 pub const PHASES: [&str; 3] = ["queued", "in_progress", "completed"];
 
+/// Statuses a route's `statuses` may name: the relay's vocabulary, into which every source's
+/// own names are mapped (GitHub's `timed_out` is `failure`, GitLab's `failed` too).
+pub const STATUSES: [&str; 7] = [
+    "success",
+    "failure",
+    "cancelled",
+    "running",
+    "pending",
+    "skipped",
+    "unknown",
+];
+
 /// A configuration problem, naming the key path (`routes.ci.template: …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -668,18 +680,24 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
             .collect();
+        // The files alone first: an override must name a route or app they define.
+        let files = builder
+            .build_cloned()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let misfits = env_misfits(&files, env.keys());
+        if !misfits.is_empty() {
+            return Err(ConfigError::Invalid(misfits));
+        }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(env)),
+                .source(Some(env.clone())),
         );
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        raw.try_deserialize::<Settings>()
-            .map_err(|e| ConfigError::Load(e.to_string()))
+        let explain = |e: config::ConfigError| ConfigError::Load(explain_load_error(&e, &env));
+        let raw = builder.build().map_err(explain)?;
+        raw.try_deserialize::<Settings>().map_err(explain)
     }
 
     /// Parses settings from a YAML string (tests and `check-config` use files; this is for
@@ -1042,13 +1060,30 @@ impl Settings {
             if !PHASES.contains(&event.as_str()) {
                 push(
                     format!("{path}.events[{i}]"),
-                    format!("{event:?} is not one of {}", PHASES.join(", ")),
+                    format!(
+                        "{event:?} is not one of {}{}",
+                        PHASES.join(", "),
+                        closest(event, PHASES)
+                            .map(|c| format!(" (did you mean {c}?)"))
+                            .unwrap_or_default()
+                    ),
                 );
             }
         }
         for (i, status) in route.statuses.iter().enumerate() {
             if status.trim().is_empty() {
                 push(format!("{path}.statuses[{i}]"), "is empty".to_owned());
+            } else if !STATUSES.contains(&status.trim().to_lowercase().as_str()) {
+                let meant = closest(status.trim(), STATUSES)
+                    .map(|c| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
+                push(
+                    format!("{path}.statuses[{i}]"),
+                    format!(
+                        "{status:?} is not a status the relay reports; valid: {}{meant}",
+                        STATUSES.join(", ")
+                    ),
+                );
             }
         }
         for (i, glob) in route.branches.iter().enumerate() {
@@ -1172,6 +1207,169 @@ fn parse_addr(path: &str, value: &str) -> Result<SocketAddr, ConfigError> {
             message: format!("{value:?} is not an address"),
         }])
     })
+}
+
+/// The maps keyed by name whose entries must come from a file: an environment variable can set
+/// a key of an entry, not create one (it would lack the entry's required keys).
+const NAMED_MAPS: [(&str, &str); 2] = [("routes", "route"), ("dingtalk.apps", "app")];
+
+/// Environment overrides that do not fit the files: a variable naming a route or app the files
+/// do not define (`DINGTALK_RELAY__ROUTES__CI_SECRET` names a route `ci_secret`), or setting a
+/// whole entry. Each issue names the variable and, where one is close, the variable meant.
+fn env_misfits<'a>(
+    files: &config::Config,
+    variables: impl Iterator<Item = &'a String>,
+) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    let mut variables: Vec<&String> = variables.collect();
+    variables.sort();
+    for variable in variables {
+        let Some(rest) = variable.strip_prefix(&format!("{ENV_PREFIX}__")) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        for (map, what) in NAMED_MAPS {
+            let depth = map.split('.').count();
+            let prefix: Vec<&str> = map.split('.').collect();
+            if path.len() <= depth || path[..depth] != prefix[..] {
+                continue;
+            }
+            let names: Vec<String> = files
+                .get_table(map)
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_default();
+            let name = &path[depth];
+            let mut sorted = names.clone();
+            sorted.sort();
+            let known = if sorted.is_empty() {
+                "none".to_owned()
+            } else {
+                sorted.join(", ")
+            };
+            if !names.contains(name) {
+                // `ROUTES__CI_SECRET`: a known entry name, then `_` where `__` was meant.
+                let meant = sorted.iter().find_map(|entry| {
+                    let key = name.strip_prefix(&format!("{entry}_"))?;
+                    Some(format!(
+                        "; did you mean {ENV_PREFIX}__{}__{}__{}?",
+                        map.replace('.', "__").to_uppercase(),
+                        entry.to_uppercase(),
+                        key.to_uppercase()
+                    ))
+                });
+                issues.push(ConfigIssue {
+                    path: variable.clone(),
+                    message: format!(
+                        "sets {}, but the configuration file defines no {what} {name:?} ({map}: {known}); an environment variable can only set keys of {what}s the file defines{}",
+                        path.join("."),
+                        meant.unwrap_or_default()
+                    ),
+                });
+            } else if path.len() == depth + 1 {
+                issues.push(ConfigIssue {
+                    path: variable.clone(),
+                    message: format!(
+                        "sets the whole {what} {map}.{name}; set one of its keys, e.g. {variable}__SECRET"
+                    ),
+                });
+            }
+        }
+    }
+    issues
+}
+
+/// A loading error in words an operator can act on: an unknown enum value lists the valid
+/// ones, and a key set from the environment names its variable.
+fn explain_load_error(error: &config::ConfigError, env: &config::Map<String, String>) -> String {
+    let mut text = error.to_string();
+    // config's wording for an unknown variant: "enum X does not have variant constructor v".
+    if let Some(at) = text.find("does not have variant constructor ") {
+        let enum_name = text[..at]
+            .trim_end()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let after = &text[at + "does not have variant constructor ".len()..];
+        let value = after.split(' ').next().unwrap_or_default().to_owned();
+        let key = after
+            .split_once("for key `")
+            .and_then(|(_, k)| k.split('`').next())
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(valid) = enum_values(&enum_name) {
+            let closest = closest(&value, valid.iter().copied())
+                .map(|c| format!(" (did you mean {c}?)"))
+                .unwrap_or_default();
+            text = format!(
+                "{key}: {value:?} is not a valid value; valid: {}{closest}",
+                valid.join(", ")
+            );
+        }
+    }
+    for variable in env.keys() {
+        let Some(rest) = variable.strip_prefix(&format!("{ENV_PREFIX}__")) else {
+            continue;
+        };
+        let path = rest
+            .split("__")
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+            .join(".");
+        if text.contains(&format!("`{path}`")) || text.contains(&format!("{path}:")) {
+            text.push_str(&format!(" (set by the environment variable {variable})"));
+        }
+    }
+    text
+}
+
+/// The configuration names of an enum the configuration uses, by its Rust name.
+fn enum_values(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "SourceKind" => Some(&[
+            "generic",
+            "github",
+            "gitlab",
+            "gitea",
+            "forgejo",
+            "jenkins",
+            "circleci",
+            "buildkite",
+            "drone",
+            "azure-devops",
+            "bitbucket",
+        ]),
+        "LogFormat" => Some(&["text", "json"]),
+        "DigestGroupBy" => Some(&["author", "project", "route"]),
+        _ => None,
+    }
+}
+
+/// The candidate closest to `word` by edit distance, when it is close enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&word, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.chars().count() / 2).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance in characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn yaml_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
@@ -1481,5 +1679,171 @@ routes:
         );
         assert_eq!(s.dingtalk.max_qps, 7);
         assert_eq!(s.routes["ci"].secret.as_ref().unwrap().expose(), "12345");
+    }
+
+    /// Loads `yaml` from a file with `env` (pairs of name and value).
+    fn load_yaml_env(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        Settings::load_with_env(
+            Some(&file),
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    const SMALL: &str = r#"
+dingtalk:
+  apps:
+    default: {app_key: "k"}
+routes:
+  ci:
+    source: generic
+    secret: "s3cret"
+    template: {name: "日报"}
+    author: "manager01"
+"#;
+
+    #[test]
+    fn a_file_holds_only_what_differs_from_the_built_in_defaults() {
+        let small = load_yaml_env(SMALL, &[]).expect("a file without server/store/delivery");
+        assert!(
+            small.issues(Mode::Sandbox).is_empty(),
+            "{:?}",
+            small.issues(Mode::Sandbox)
+        );
+        // The built-in defaults are the values config/default.yaml documents.
+        let documented = Settings::load_with_env(
+            Some(Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/default.yaml"
+            ))),
+            std::iter::empty(),
+        )
+        .unwrap();
+        let json = |v: &Settings| serde_json::to_value(v).unwrap();
+        let (small, documented) = (json(&small), json(&documented));
+        for section in ["server", "store", "delivery", "log", "timezone"] {
+            assert_eq!(small[section], documented[section], "{section}");
+        }
+        let mut dingtalk = documented["dingtalk"].clone();
+        dingtalk["apps"] = small["dingtalk"]["apps"].clone();
+        assert_eq!(small["dingtalk"], dingtalk);
+        // The environment comes last, over the defaults too.
+        let s = load_yaml_env(
+            SMALL,
+            &[("DINGTALK_RELAY__SERVER__LISTEN", "127.0.0.1:9999")],
+        )
+        .unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:9999");
+        assert_eq!(s.server.admin_listen, "0.0.0.0:8081");
+    }
+
+    #[test]
+    fn environment_overrides_that_do_not_fit_name_the_variable() {
+        let Err(ConfigError::Invalid(issues)) = load_yaml_env(
+            SMALL,
+            &[
+                ("DINGTALK_RELAY__ROUTES__CI_SECRET", "x"),
+                ("DINGTALK_RELAY__ROUTES__DEPLOY__SECRET", "y"),
+                ("DINGTALK_RELAY__DINGTALK__APPS__OTHER__APP_SECRET", "z"),
+            ],
+        ) else {
+            panic!("accepted");
+        };
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert_eq!(issues.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with("DINGTALK_RELAY__DINGTALK__APPS__OTHER__APP_SECRET: ")
+                && text[0].contains("no app \"other\""),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("DINGTALK_RELAY__ROUTES__CI_SECRET: ")
+                && text[1].contains("did you mean DINGTALK_RELAY__ROUTES__CI__SECRET?"),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].starts_with("DINGTALK_RELAY__ROUTES__DEPLOY__SECRET: ")
+                && text[2].contains("(routes: ci)"),
+            "{text:#?}"
+        );
+        // A value of the wrong type names its variable.
+        let Err(ConfigError::Load(message)) =
+            load_yaml_env(SMALL, &[("DINGTALK_RELAY__DINGTALK__MAX_QPS", "many")])
+        else {
+            panic!("accepted");
+        };
+        assert!(
+            message.contains("DINGTALK_RELAY__DINGTALK__MAX_QPS"),
+            "{message}"
+        );
+        // Secrets never reach the message.
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_enum_value_lists_the_valid_ones() {
+        let Err(ConfigError::Load(message)) =
+            load_yaml_env(&SMALL.replace("source: generic", "source: githb"), &[])
+        else {
+            panic!("accepted");
+        };
+        assert!(
+            message.contains(
+                "routes.ci.source: \"githb\" is not a valid value; valid: generic, github, gitlab"
+            ) && message.contains("did you mean github?"),
+            "{message}"
+        );
+        let Err(ConfigError::Load(message)) =
+            load_yaml_env(SMALL, &[("DINGTALK_RELAY__LOG__FORMAT", "xml")])
+        else {
+            panic!("accepted");
+        };
+        assert!(
+            message.contains("valid: text, json")
+                && message.contains("DINGTALK_RELAY__LOG__FORMAT"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn statuses_and_events_outside_the_vocabulary_are_errors() {
+        let s = settings("    statuses: [failed, Success]\n    events: [complete]\n");
+        let issues: Vec<String> = s
+            .issues(Mode::Sandbox)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(issues.len(), 2, "{issues:#?}");
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.starts_with("routes.ci.statuses[0]: \"failed\"")
+                    && i.contains("valid: success, failure, cancelled")
+                    && i.contains("did you mean failure?")),
+            "{issues:#?}"
+        );
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.starts_with("routes.ci.events[0]")
+                    && i.contains("did you mean completed?")),
+            "{issues:#?}"
+        );
+    }
+
+    #[test]
+    fn print_form_redacts_every_secret() {
+        let s = load_yaml_env(
+            &SMALL.replace("k\"}", "k\", app_secret: \"app-s3cret\"}"),
+            &[("DINGTALK_RELAY__SERVER__ADMIN_TOKEN", "adm1n-t0ken")],
+        )
+        .unwrap();
+        let text = serde_json::to_string(&s).unwrap();
+        for secret in ["app-s3cret", "adm1n-t0ken", "s3cret\""] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(text.matches("[redacted]").count(), 3, "{text}");
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dingtalk_relay::cli::{self, Rendered};
-use dingtalk_relay::config::{Mode, Settings};
+use dingtalk_relay::config::{ConfigError, Mode, Settings};
 use dingtalk_relay::startup::Application;
 use dingtalk_relay::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +87,31 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Fails with `e`; several configuration problems go one per line, each naming its key path
+/// (or environment variable).
+fn fail_with(e: &anyhow::Error) -> ExitCode {
+    let (headline, lines): (String, Vec<String>) =
+        if let Some(problems) = e.downcast_ref::<cli::Problems>() {
+            (problems.headline.clone(), problems.lines.clone())
+        } else if let Some(ConfigError::Invalid(issues)) = e.downcast_ref::<ConfigError>() {
+            (
+                "configuration is invalid".to_owned(),
+                issues.iter().map(ToString::to_string).collect(),
+            )
+        } else {
+            (String::new(), Vec::new())
+        };
+    if lines.len() > 1 {
+        fail(&format!(
+            "{headline} ({} problems):\n  {}",
+            lines.len(),
+            lines.join("\n  ")
+        ))
+    } else {
+        fail(&one_line(e))
+    }
+}
+
 fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
@@ -100,7 +125,7 @@ async fn run(command: Command) -> ExitCode {
             ..
         } => match cli::effective_config(config.as_deref()) {
             Ok(text) => print_out(&text),
-            Err(e) => fail(&e.to_string()),
+            Err(e) => fail_with(&e.into()),
         },
         Command::CheckConfig {
             config,
@@ -109,16 +134,7 @@ async fn run(command: Command) -> ExitCode {
             print: false,
         } => match cli::check_config(config.as_deref(), online, sandbox).await {
             Ok(summary) => print_out(&summary),
-            Err(e) => match e.downcast_ref::<cli::Problems>() {
-                // One problem per line, each naming its key path.
-                Some(problems) if problems.lines.len() > 1 => fail(&format!(
-                    "{} ({} problems):\n  {}",
-                    problems.headline,
-                    problems.lines.len(),
-                    problems.lines.join("\n  ")
-                )),
-                _ => fail(&one_line(&e)),
-            },
+            Err(e) => fail_with(&e),
         },
         Command::Render {
             route,
@@ -178,7 +194,7 @@ fn print_out(text: &str) -> ExitCode {
 async fn serve(config: Option<PathBuf>, sandbox: bool) -> ExitCode {
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fail_with(&e.into()),
     };
     telemetry::init(&settings.log);
     let mode = if sandbox {
@@ -190,7 +206,7 @@ async fn serve(config: Option<PathBuf>, sandbox: bool) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %one_line(&e), "startup failed");
-            return fail(&one_line(&e));
+            return fail_with(&e);
         }
     };
     tracing::info!(

@@ -221,10 +221,18 @@ impl Mapper {
                 } else {
                     &mut env
                 };
+                let documented = if rs.digest.is_some() {
+                    digest_variables()
+                } else {
+                    variables()
+                };
                 for (field, source) in fields {
                     let name = format!("routes.{route}.fields.{field}");
                     match target.add_template_owned(name.clone(), source.clone()) {
-                        Ok(()) => compiled.push((field.clone(), name)),
+                        Ok(()) => {
+                            issues.extend(unknown_variables(target, &name, documented));
+                            compiled.push((field.clone(), name));
+                        }
                         Err(e) => issues.push(ConfigIssue {
                             path: name,
                             message: describe(&e),
@@ -740,6 +748,81 @@ fn render_fields<S: Serialize>(
         }
     }
     Ok(rendered)
+}
+
+/// The variables template `name` reads that are not in `documented` (nor globals of `env`):
+/// one issue each, naming the variable as written (`workflow_run.name`) and the closest
+/// documented name. Such a variable is always empty, so the field silently loses it.
+fn unknown_variables(
+    env: &Environment<'static>,
+    name: &str,
+    documented: &[(&str, &str)],
+) -> Vec<ConfigIssue> {
+    let Ok(template) = env.get_template(name) else {
+        return Vec::new();
+    };
+    let globals: Vec<&str> = env.globals().map(|(n, _)| n).collect();
+    let mut used: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+    used.sort();
+    used.into_iter()
+        .filter(|variable| {
+            let top = variable.split('.').next().unwrap_or(variable);
+            !documented.iter().any(|(d, _)| *d == top) && !globals.contains(&top)
+        })
+        .map(|variable| {
+            let top = variable.split('.').next().unwrap_or(&variable);
+            let closest = suggest(top, documented.iter().map(|(d, _)| *d));
+            ConfigIssue {
+                path: name.to_owned(),
+                message: format!(
+                    "unknown variable `{variable}`: it is not one of the documented variables, so it would always be empty{}",
+                    closest
+                        .map(|c| format!(" (closest documented variable: `{c}`)"))
+                        .unwrap_or_default()
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Names CI payloads use for what a documented variable holds, for the suggestion.
+const PAYLOAD_NAMES: &[(&str, &str)] = &[
+    ("workflow_run", "pipeline"),
+    ("workflow", "pipeline"),
+    ("workflow_job", "job"),
+    ("build", "pipeline"),
+    ("sha", "commit"),
+    ("head_sha", "commit"),
+    ("ref", "branch"),
+    ("head_branch", "branch"),
+    ("repository", "project"),
+    ("repo", "project"),
+    ("conclusion", "status"),
+    ("result", "status"),
+    ("html_url", "url"),
+    ("sender", "actor"),
+    ("author", "actor"),
+    ("message", "commit_message"),
+];
+
+/// The candidate closest to `word`: what a CI payload name means ([`PAYLOAD_NAMES`]), else a
+/// candidate that `word` starts with (`commit` for `commit_sha`), else the smallest edit
+/// distance.
+fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let candidates: Vec<&'a str> = candidates.collect();
+    if let Some((_, meant)) = PAYLOAD_NAMES.iter().find(|(payload, _)| *payload == word)
+        && let Some(c) = candidates.iter().find(|c| *c == meant)
+    {
+        return Some(c);
+    }
+    candidates
+        .into_iter()
+        .map(|c| {
+            let prefix = word.starts_with(c) || c.starts_with(word);
+            (!prefix, crate::config::edit_distance(word, c), c)
+        })
+        .min()
+        .map(|(_, _, c)| c)
 }
 
 /// Adds one event type's built-in templates; returns their (field, template name).

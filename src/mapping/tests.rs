@@ -532,8 +532,9 @@ fn custom_templates() {
             Some("#812"),
         ),
         (
+            // `source` is absent for generic webhooks (an unknown name is a config error).
             "chainable undefined",
-            "[{{ nope.deeper }}]{{ project }}",
+            "[{{ source.deeper }}]{{ project }}",
             SPEC_JOB,
             Some("[]acme/api"),
         ),
@@ -832,3 +833,45 @@ fn built_in_templates_fill_the_standard_fields() {
     }
 }
 mod digest;
+
+#[test]
+fn an_undocumented_template_variable_is_an_error_with_the_closest_name() {
+    let routes = route(concat!(
+        "    fields:\n",
+        "      今日完成工作: \"{{ commit_sha }} {{ workflow_run.name }} {{ statuss }} {% for line in done %}{{ line.text }}{% endfor %} {{ range(3) | length }}\"\n",
+        "      未完成工作: \"{{ status_icon }} {{ project }}\"\n",
+    ));
+    let issues = Mapper::new(&settings(&routes)).expect_err("undocumented variables");
+    let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "routes.ci.fields.今日完成工作: unknown variable `commit_sha`: it is not one of the documented variables, so it would always be empty (closest documented variable: `commit`)",
+            "routes.ci.fields.今日完成工作: unknown variable `statuss`: it is not one of the documented variables, so it would always be empty (closest documented variable: `status`)",
+            "routes.ci.fields.今日完成工作: unknown variable `workflow_run.name`: it is not one of the documented variables, so it would always be empty (closest documented variable: `pipeline`)",
+        ],
+        "loop variables and functions are not reported"
+    );
+}
+
+#[test]
+fn a_digest_route_is_checked_against_the_digest_variables() {
+    let documented_job_variable = "{{ commit_short }}";
+    let routes = format!(
+        "  daily:\n    source: generic\n    template: {{name: \"日报\"}}\n    author: \"manager01\"\n    digest: {{schedule: \"18:00\", group_by: route}}\n    fields:\n      今日完成工作: \"{documented_job_variable}\"\n"
+    );
+    let issues = Mapper::new(&settings(&routes)).expect_err("not a digest variable");
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(
+        issues[0].path == "routes.daily.fields.今日完成工作"
+            && issues[0].message.contains("`commit_short`"),
+        "{issues:?}"
+    );
+    // Every digest variable is accepted.
+    let all: String = digest_variables()
+        .iter()
+        .map(|(name, _)| format!("{{{{ {name} }}}}"))
+        .collect();
+    let routes = routes.replace(documented_job_variable, &all);
+    Mapper::new(&settings(&routes)).unwrap_or_else(|e| panic!("{e:?}"));
+}
