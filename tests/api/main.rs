@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod check_config;
 mod delivery_retry;
 mod digest;
 mod limits;

@@ -26,8 +26,15 @@ pub fn start_relay(config: &Path) -> Relay {
 
 /// Like [`start_relay`] with extra environment variables.
 pub fn start_relay_with_env(config: &Path, env: &[(&str, &str)]) -> Relay {
+    start_relay_with(config, &[], env)
+}
+
+/// Like [`start_relay`] with extra `serve` arguments (`--sandbox`) and environment variables.
+pub fn start_relay_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Relay {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"))
-        .args(["serve", "--config"])
+        .arg("serve")
+        .args(args)
+        .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
@@ -464,6 +471,7 @@ async fn no_secret_or_token_appears_in_any_output_of_a_full_run() {
         vec!["render", "--route", "ci", "--body"],
         vec!["check-config"],
         vec!["check-config", "--online"],
+        vec!["check-config", "--print"],
     ] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"));
         command.args(&args);
