@@ -107,6 +107,10 @@ pub struct ServerSettings {
     /// When set, `/v1/*` on the admin listener needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub admin_token: Option<Secret>,
+    /// A file holding `admin_token` (a mounted Kubernetes Secret), read at start and on every
+    /// reload; one trailing newline is dropped.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Longest time one webhook request may take (reading the body included); then it is
     /// answered 503 with `Retry-After`.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
@@ -174,6 +178,10 @@ pub struct AppSettings {
     /// The app's AppSecret; normally from `DINGTALK_RELAY__DINGTALK__APPS__<NAME>__APP_SECRET`.
     #[serde(default)]
     pub app_secret: Option<Secret>,
+    /// A file holding `app_secret` (a mounted Kubernetes Secret), read at start and on every
+    /// reload; one trailing newline is dropped.
+    #[serde(default)]
+    pub app_secret_file: Option<PathBuf>,
 }
 
 /// `store.*`
@@ -301,6 +309,10 @@ pub struct RouteSettings {
     /// Bearer token / HMAC key the sender must present.
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// A file holding `secret` (a mounted Kubernetes Secret), read at start and on every
+    /// reload; one trailing newline is dropped.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
     /// Accept unauthenticated webhooks on this route (refused without it when `secret` is unset).
     #[serde(default)]
     pub insecure: bool,
@@ -697,7 +709,75 @@ impl Settings {
         );
         let explain = |e: config::ConfigError| ConfigError::Load(explain_load_error(&e, &env));
         let raw = builder.build().map_err(explain)?;
-        raw.try_deserialize::<Settings>().map_err(explain)
+        let mut settings = raw.try_deserialize::<Settings>().map_err(explain)?;
+        settings.read_secret_files()?;
+        Ok(settings)
+    }
+
+    /// Reads every `*_file` secret (`server.admin_token_file`, `dingtalk.apps.*.app_secret_file`,
+    /// `routes.*.secret_file`) into its secret. A key given both ways, an unreadable file or an
+    /// empty one is an error naming the key (and the path, never the content).
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let mut issues = Vec::new();
+        let mut read = |key: String, file: &Option<PathBuf>, secret: &mut Option<Secret>| {
+            let Some(path) = file else {
+                return;
+            };
+            if secret.is_some() {
+                issues.push(ConfigIssue {
+                    message: format!(
+                        "is set, and so is {key}_file ({}): give the secret one way",
+                        path.display()
+                    ),
+                    path: key,
+                });
+                return;
+            }
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let value = text
+                        .strip_suffix('\n')
+                        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                        .unwrap_or(&text);
+                    if value.trim().is_empty() {
+                        issues.push(ConfigIssue {
+                            path: format!("{key}_file"),
+                            message: format!("{} is empty", path.display()),
+                        });
+                    } else {
+                        *secret = Some(Secret::new(value));
+                    }
+                }
+                Err(e) => issues.push(ConfigIssue {
+                    path: format!("{key}_file"),
+                    message: format!("cannot read {}: {e}", path.display()),
+                }),
+            }
+        };
+        read(
+            "server.admin_token".to_owned(),
+            &self.server.admin_token_file,
+            &mut self.server.admin_token,
+        );
+        for (name, app) in &mut self.dingtalk.apps {
+            read(
+                format!("dingtalk.apps.{name}.app_secret"),
+                &app.app_secret_file,
+                &mut app.app_secret,
+            );
+        }
+        for (name, route) in &mut self.routes {
+            read(
+                format!("routes.{name}.secret"),
+                &route.secret_file,
+                &mut route.secret,
+            );
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
     }
 
     /// Parses settings from a YAML string (tests and `check-config` use files; this is for
@@ -708,6 +788,10 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize::<Settings>())
             .map_err(|e| ConfigError::Load(e.to_string()))
+            .and_then(|mut settings| {
+                settings.read_secret_files()?;
+                Ok(settings)
+            })
     }
 
     /// Every cross-field problem, each naming its key path. Empty means valid.
@@ -797,7 +881,7 @@ impl Settings {
                 push(
                     format!("{path}.app_secret"),
                     format!(
-                        "is not set (set {ENV_PREFIX}__DINGTALK__APPS__{}__APP_SECRET)",
+                        "is not set (set {ENV_PREFIX}__DINGTALK__APPS__{}__APP_SECRET, or app_secret_file)",
                         name.to_uppercase()
                     ),
                 );
@@ -1845,5 +1929,78 @@ routes:
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert_eq!(text.matches("[redacted]").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app_secret");
+        let route = dir.path().join("route_secret");
+        let token = dir.path().join("admin_token");
+        std::fs::write(&app, "app-from-file\n").unwrap();
+        std::fs::write(&route, "route-from-file").unwrap();
+        std::fs::write(&token, "token-from-file\r\n").unwrap();
+        let yaml = SMALL
+            .replace(
+                "{app_key: \"k\"}",
+                &format!("{{app_key: \"k\", app_secret_file: \"{}\"}}", app.display()),
+            )
+            .replace(
+                "    secret: \"s3cret\"\n",
+                &format!("    secret_file: \"{}\"\n", route.display()),
+            );
+        let s = load_yaml_env(
+            &yaml,
+            &[(
+                "DINGTALK_RELAY__SERVER__ADMIN_TOKEN_FILE",
+                token.to_str().unwrap(),
+            )],
+        )
+        .unwrap();
+        let expose = |s: &Option<Secret>| s.as_ref().unwrap().expose().to_owned();
+        assert_eq!(
+            expose(&s.dingtalk.apps["default"].app_secret),
+            "app-from-file"
+        );
+        assert_eq!(expose(&s.routes["ci"].secret), "route-from-file");
+        assert_eq!(expose(&s.server.admin_token), "token-from-file");
+        assert!(
+            s.issues(Mode::Production).is_empty(),
+            "{:?}",
+            s.issues(Mode::Production)
+        );
+
+        // Both ways, a missing file, an empty file: each names its key and path.
+        std::fs::write(&route, "\n").unwrap();
+        let both = yaml.replace(
+            "{app_key: \"k\", ",
+            "{app_key: \"k\", app_secret: \"inline\", ",
+        );
+        let missing = dir.path().join("nope");
+        let Err(ConfigError::Invalid(issues)) = load_yaml_env(
+            &both,
+            &[(
+                "DINGTALK_RELAY__SERVER__ADMIN_TOKEN_FILE",
+                missing.to_str().unwrap(),
+            )],
+        ) else {
+            panic!("accepted");
+        };
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with("server.admin_token_file: cannot read ")
+                && text[0].contains("nope"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("dingtalk.apps.default.app_secret: is set, and so is"),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].starts_with("routes.ci.secret_file: ") && text[2].ends_with("is empty"),
+            "{text:#?}"
+        );
+        assert!(!text.concat().contains("app-from-file") && !text.concat().contains("inline"));
     }
 }

@@ -362,3 +362,60 @@ async fn checks_that_catch_silent_drops_name_each_problem_on_its_own_line() {
         checked.stderr
     );
 }
+
+/// A route secret from a mounted file is read at start and again on every reload (a rotated
+/// Kubernetes Secret takes effect with a reload, without a restart).
+#[tokio::test]
+async fn secret_files_are_read_at_start_and_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("route-secret");
+    std::fs::write(&secret_file, "first-s3cret\n").unwrap();
+    let config = TestConfig::default();
+    let (fake, base_url) = FakeDingTalk::spawn(config.fake.clone()).await.unwrap();
+    // routes.ci's secret comes from the file instead.
+    let yaml = settings_yaml(&config, &base_url).replace(
+        &format!("    secret: \"{ROUTE_SECRET}\"\n"),
+        &format!("    secret_file: \"{}\"\n", secret_file.display()),
+    );
+    let file = write(dir.path(), "relay.yaml", &yaml);
+    let settings = dingtalk_relay::config::Settings::load_with_env(Some(&file), std::iter::empty())
+        .expect("loads");
+    let app = dingtalk_relay::startup::Application::build(
+        settings,
+        dingtalk_relay::config::Mode::Production,
+    )
+    .await
+    .expect("builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let reloader = app.state().reloader.clone();
+    reloader.set_config_file(Some(file.clone()));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(cancel.clone()));
+    let http = reqwest::Client::new();
+    let post = |secret: &'static str, n: usize| {
+        http.post(format!("{address}/v1/hooks/ci"))
+            .bearer_auth(secret)
+            .json(&job_status_n(n))
+            .send()
+    };
+    assert_eq!(post("first-s3cret", 1).await.unwrap().status(), 202);
+    assert_eq!(post("second-s3cret", 2).await.unwrap().status(), 401);
+
+    std::fs::write(&secret_file, "second-s3cret\n").unwrap();
+    reloader
+        .reload()
+        .await
+        .expect("the reload reads the file again");
+    assert_eq!(post("second-s3cret", 3).await.unwrap().status(), 202);
+    assert_eq!(post("first-s3cret", 4).await.unwrap().status(), 401);
+
+    // An unreadable file refuses the reload and keeps the secret in use.
+    std::fs::remove_file(&secret_file).unwrap();
+    let refused = reloader.reload().await.expect_err("the file is gone");
+    assert!(refused.contains("routes.ci.secret_file"), "{refused}");
+    assert!(!refused.contains("second-s3cret"), "{refused}");
+    assert_eq!(post("second-s3cret", 5).await.unwrap().status(), 202);
+    cancel.cancel();
+    let _ = server.await;
+    drop(fake);
+}
