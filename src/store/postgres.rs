@@ -348,6 +348,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
+            .after_release(|conn, _| Box::pin(super::sql::state_known(conn)))
             .connect_with(options)
             .await
             .map_err(|e| open_error(url, "connecting to", e))?;

@@ -38,6 +38,24 @@ pub(super) fn claim_statements(placeholder: fn(u8) -> String, lock: &str) -> [St
     ]
 }
 
+/// Whether a writer connection handed back to its pool may be used again: only when sqlx's
+/// bookkeeping says no transaction is open. A database can end a transaction by itself
+/// (SQLite rolls back on SQLITE_FULL or SQLITE_IOERR during COMMIT; a PostgreSQL backend
+/// goes away); sqlx's `ROLLBACK` on drop then fails and its transaction depth stays at 1,
+/// so the next `begin()` would open a savepoint instead of a transaction and its "commit"
+/// would release that savepoint inside a transaction that is never committed — webhooks
+/// answered as stored while nothing was. A connection whose state is not known is closed
+/// (any transaction it holds is rolled back) and the pool opens a fresh one.
+pub(super) async fn state_known<C: sqlx::Connection>(conn: &mut C) -> sqlx::Result<bool> {
+    // The rollback of a dropped transaction is queued on the connection: wait for it.
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("closing a store connection whose transaction state is unknown");
+    }
+    Ok(clean)
+}
+
 /// A database failure, as the store reports it.
 pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(e.to_string())

