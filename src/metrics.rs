@@ -61,6 +61,8 @@ pub struct Series {
     /// `dingtalk_relay_digest_reports_saved_total{route}`: reports (metered DingTalk calls)
     /// saved by digests: events folded minus digest reports made.
     pub digest_reports_saved: IntCounterVec,
+    /// `dingtalk_relay_store_errors_total{op}`: store operations that failed, by operation.
+    pub store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -198,8 +200,17 @@ impl Metrics {
             "Reports (metered DingTalk calls) saved by digest mode: events folded minus digest reports made, by route.",
             &["route"],
         );
+        let store_errors = counter(
+            "dingtalk_relay_store_errors_total",
+            "Store operations that failed (the database unreachable, full or failing), by operation (enqueue, add_digest_event, claim, mark_delivered, probe, …).",
+            &["op"],
+        );
+        for op in ["enqueue", "add_digest_event", "mark_delivered", "probe"] {
+            store_errors.with_label_values(&[op]);
+        }
         Self(Arc::new(Series {
             registry,
+            store_errors,
             digests,
             digest_events_folded,
             digest_reports_saved,

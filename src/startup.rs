@@ -162,6 +162,7 @@ impl Application {
         let store = store::open(&settings.store.url)
             .await
             .context("opening the store")?;
+        let store: Arc<dyn store::Store> = store::Observed::new(store, &metrics);
         // Replicas sharing a PostgreSQL store share DingTalk's rate limit through it.
         let shared_limit = store.shared_limit();
         let client = DingTalkClient::with_shared_limit(

@@ -5,6 +5,7 @@
 
 mod digest_sql;
 mod memory;
+mod observed;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -22,6 +23,7 @@ use crate::mapping::ReportDraft;
 use crate::sources::Event;
 
 pub use memory::MemoryStore;
+pub use observed::Observed;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -302,6 +304,16 @@ pub trait Store: Send + Sync + 'static {
     /// DingTalk's rate limit shared through this store by every replica using it, when the
     /// store is shared (PostgreSQL); `None` keeps the limit in each process.
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
+        None
+    }
+    /// A small committed write, to find out whether writes work again after they failed.
+    async fn probe_write(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Why the store refuses or fails writes right now (e.g. `database or disk is full`, below
+    /// `store.min_free_bytes`, the database file replaced), for `/readyz`; `None` when it
+    /// takes writes.
+    fn problem(&self) -> Option<String> {
         None
     }
 }

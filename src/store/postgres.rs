@@ -160,8 +160,12 @@ async fn group_commit(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, webhooks = run.len(), "committing webhooks failed");
+                    let message = match e {
+                        Error::Unavailable(message) => message,
+                        other => other.to_string(),
+                    };
                     for request in run {
-                        let _ = request.reply.send(Err(unavailable(&e)));
+                        let _ = request.reply.send(Err(Error::Unavailable(message.clone())));
                     }
                 }
             }
@@ -618,6 +622,15 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(deliveries.rows_affected() + dedup.rows_affected())
+    }
+
+    async fn probe_write(&self) -> Result<()> {
+        sqlx::query(super::sql::PROBE_WRITE)
+            .bind(ms(Utc::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

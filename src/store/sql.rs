@@ -56,6 +56,10 @@ pub(super) async fn state_known<C: sqlx::Connection>(conn: &mut C) -> sqlx::Resu
     Ok(clean)
 }
 
+/// The readiness probe's committed write (parameter: now in ms), the same on both backends.
+pub(super) const PROBE_WRITE: &str = "INSERT INTO store_probe (id, checked_at) VALUES (1, $1) \
+     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at";
+
 /// A database failure, as the store reports it.
 pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(e.to_string())

@@ -60,8 +60,12 @@ async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequ
             }
             Err(e) => {
                 tracing::error!(error = %e, webhooks = requests.len(), "committing webhooks failed");
+                let message = match e {
+                    Error::Unavailable(message) => message,
+                    other => other.to_string(),
+                };
                 for request in requests {
-                    let _ = request.reply.send(Err(unavailable(&e)));
+                    let _ = request.reply.send(Err(Error::Unavailable(message.clone())));
                 }
             }
         }
@@ -549,6 +553,15 @@ impl Store for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(deliveries.rows_affected() + dedup.rows_affected())
+    }
+
+    async fn probe_write(&self) -> Result<()> {
+        sqlx::query(super::sql::PROBE_WRITE)
+            .bind(ms(Utc::now()))
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -11,7 +11,10 @@ use std::time::Duration;
 use chrono::Utc;
 use dingtalk_relay::config::TemplateSettings;
 use dingtalk_relay::mapping::{DraftContent, ReportDraft};
-use dingtalk_relay::store::{Enqueued, Error, NewDelivery, SqliteStore, Store};
+use dingtalk_relay::metrics::Metrics;
+use dingtalk_relay::store::{Enqueued, Error, NewDelivery, Observed, SqliteStore, Store};
+
+use crate::helpers::{metric_value, poll_until};
 
 const WINDOW: Duration = Duration::from_secs(3600);
 const ROOMY: u64 = 1_000_000;
@@ -225,4 +228,45 @@ async fn sqlite_on_a_full_disk_answers_no_queued_without_a_commit() {
     assert_committed(&reopened, &accepted).await;
     let depth = reopened.stats().await.expect("stats").depth;
     assert_eq!(depth, accepted.len() as u64);
+}
+
+/// Failed writes are counted and make the store say why it is not ready; once space is back
+/// the probe finds out by itself (no webhook needed) and the problem clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_writes_are_counted_and_readiness_recovers_by_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.db");
+    let sqlite = Arc::new(
+        SqliteStore::open(path.to_str().unwrap())
+            .await
+            .expect("open"),
+    );
+    let metrics = Metrics::new();
+    let store: Arc<dyn Store> = Observed::new(sqlite.clone(), &metrics);
+    assert_eq!(store.problem(), None);
+    let pages = sqlite.page_count().await.expect("page count");
+    sqlite.limit_pages(Some(pages)).await.expect("limit");
+    let (_, refused) = intake(&store, 0, 30).await;
+    assert!(refused > 0, "the page cap never made a write fail");
+    assert_eq!(store.problem().as_deref(), Some("database or disk is full"));
+    let text = metrics.encode();
+    assert!(
+        metric_value(
+            &text,
+            "dingtalk_relay_store_errors_total",
+            &[("op", "enqueue")]
+        ) >= 1.0,
+        "{text}"
+    );
+    sqlite.limit_pages(None).await.expect("unlimit");
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            store.problem().is_none()
+        })
+        .await,
+        "readiness never recovered: {:?}",
+        store.problem()
+    );
+    let (queued, refused) = intake(&store, 1000, 10).await;
+    assert_eq!((queued.len(), refused), (10, 0));
 }
