@@ -159,7 +159,7 @@ impl Application {
             }
         }
         let metrics = Metrics::new();
-        let store = store::open(&settings.store.url)
+        let store = store::open_settings(&settings.store)
             .await
             .context("opening the store")?;
         let store: Arc<dyn store::Store> = store::Observed::new(store, &metrics);

@@ -4,6 +4,7 @@
 //! `postgres://` (shared by several replicas).
 
 mod digest_sql;
+mod file_watch;
 mod memory;
 mod observed;
 mod postgres;
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{StoreKind, store_kind};
+use crate::config::{StoreKind, StoreSettings, store_kind};
 use crate::dingtalk::SharedLimit;
 use crate::mapping::ReportDraft;
 use crate::sources::Event;
@@ -320,9 +321,20 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store `url` selects (creating and migrating a SQLite file as needed).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    open_with(url, 0).await
+}
+
+/// Opens the store `settings.url` selects, with its free-space floor.
+pub async fn open_settings(settings: &StoreSettings) -> Result<Arc<dyn Store>> {
+    open_with(&settings.url, settings.min_free_bytes).await
+}
+
+async fn open_with(url: &str, min_free_bytes: u64) -> Result<Arc<dyn Store>> {
     match store_kind(url).map_err(Error::Unavailable)? {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreKind::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
+        StoreKind::Sqlite(path) => Ok(Arc::new(
+            SqliteStore::open_with(&path, min_free_bytes).await?,
+        )),
         StoreKind::Postgres(url) => Ok(Arc::new(PostgresStore::open(&url).await?)),
     }
 }

@@ -16,6 +16,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
 
+use super::file_watch::FileWatch;
 use super::sql::{COLUMNS, claim_statements, from_ms, millis, ms, row_to_delivery, unavailable};
 use super::{
     ClosedDigest, Delivery, DigestBuilder, DigestEvent, Enqueued, Error, LastError, NewDelivery,
@@ -31,6 +32,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     intake: mpsc::Sender<EnqueueRequest>,
     claim: [String; 2],
+    /// The file's identity and free space (`store.min_free_bytes`).
+    watch: Arc<FileWatch>,
 }
 
 /// One webhook waiting for the group commit.
@@ -47,12 +50,23 @@ const GROUP_COMMIT_MAX: usize = 256;
 /// Commits waiting webhooks in groups: one transaction (one fsync) for every webhook that
 /// arrived while the previous group was being written, so durable intake keeps up with
 /// concurrency. Each webhook is answered only after its group is committed.
-async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequest>) {
+async fn group_commit(
+    writer: SqlitePool,
+    mut intake: mpsc::Receiver<EnqueueRequest>,
+    watch: Arc<FileWatch>,
+) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut depth = DepthCache::default();
     while intake.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
         let requests = std::mem::take(&mut batch);
-        match commit_group(&writer, &requests, &mut depth).await {
+        // Committed into a file the path no longer names: gone with it, so not stored.
+        let committed = commit_group(&writer, &requests, &mut depth)
+            .await
+            .and_then(|results| match watch.vanished() {
+                Some(reason) => Err(Error::Unavailable(reason)),
+                None => Ok(results),
+            });
+        match committed {
             Ok(results) => {
                 for (request, result) in requests.into_iter().zip(results) {
                     let _ = request.reply.send(result);
@@ -211,8 +225,15 @@ async fn commit_group(
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies the migrations.
+    /// Opens (creating if needed) the database at `path` and applies the migrations, with no
+    /// free-space floor.
     pub async fn open(path: &str) -> Result<Self> {
+        Self::open_with(path, 0).await
+    }
+
+    /// Opens the database at `path`; below `min_free_bytes` available on its filesystem
+    /// webhooks are refused (0: no floor).
+    pub async fn open_with(path: &str, min_free_bytes: u64) -> Result<Self> {
         if let Some(dir) = std::path::Path::new(path).parent()
             && !dir.as_os_str().is_empty()
         {
@@ -265,9 +286,11 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
+        let watch = FileWatch::start(std::path::Path::new(path), min_free_bytes);
         let (intake, queue) = mpsc::channel(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(group_commit(writer.clone(), queue));
+        tokio::spawn(group_commit(writer.clone(), queue, watch.clone()));
         Ok(Self {
+            watch,
             writer,
             page_limit,
             reader,
@@ -314,6 +337,9 @@ impl Store for SqliteStore {
         dedup_window: Duration,
         max_queued: u64,
     ) -> Result<Enqueued> {
+        if let Some(reason) = self.watch.refusal() {
+            return Err(Error::Unavailable(reason));
+        }
         let (reply, answer) = oneshot::channel();
         let request = EnqueueRequest {
             new,
@@ -564,6 +590,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn problem(&self) -> Option<String> {
+        self.watch.refusal()
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
@@ -577,7 +607,14 @@ impl Store for SqliteStore {
         new: NewDigestEvent,
         dedup_window: Duration,
     ) -> Result<Enqueued> {
-        super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window).await
+        if let Some(reason) = self.watch.refusal() {
+            return Err(Error::Unavailable(reason));
+        }
+        let kept = super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window).await?;
+        match self.watch.vanished() {
+            Some(reason) => Err(Error::Unavailable(reason)),
+            None => Ok(kept),
+        }
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {

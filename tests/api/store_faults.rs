@@ -14,7 +14,13 @@ use dingtalk_relay::mapping::{DraftContent, ReportDraft};
 use dingtalk_relay::metrics::Metrics;
 use dingtalk_relay::store::{Enqueued, Error, NewDelivery, Observed, SqliteStore, Store};
 
-use crate::helpers::{metric_value, poll_until};
+use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
+use serde_json::Value;
+
+use crate::helpers::{
+    ID_TEMPLATE, TestApp, TestConfig, job_status_n, metric_value, poll_until, settings_yaml,
+    spawn_app_from_yaml,
+};
 
 const WINDOW: Duration = Duration::from_secs(3600);
 const ROOMY: u64 = 1_000_000;
@@ -269,4 +275,85 @@ async fn failing_writes_are_counted_and_readiness_recovers_by_itself() {
     );
     let (queued, refused) = intake(&store, 1000, 10).await;
     assert_eq!((queued.len(), refused), (10, 0));
+}
+
+/// A relay on a SQLite file in `dir`, its settings edited by `edit`.
+async fn sqlite_app(dir: &std::path::Path, edit: impl FnOnce(String) -> String) -> TestApp {
+    let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default())
+        .await
+        .expect("fake DingTalk starts");
+    let config = TestConfig {
+        store_url: format!("sqlite://{}", dir.join("relay.db").display()),
+        template: ID_TEMPLATE.to_owned(),
+        ..TestConfig::default()
+    };
+    spawn_app_from_yaml(&edit(settings_yaml(&config, &base_url)), fake).await
+}
+
+async fn readiness(app: &TestApp) -> (u16, Value) {
+    let response = app.get_admin("/readyz").await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Deleted under the running relay, the database is noticed at the next group: nothing more
+/// is answered 202 into the unlinked file, `/readyz` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_database_is_noticed_and_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = sqlite_app(dir.path(), |yaml| yaml).await;
+    app.accept(&job_status_n(1)).await;
+    assert_eq!(readiness(&app).await.0, 200);
+    for file in ["relay.db", "relay.db-wal", "relay.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(file));
+    }
+    let response = app.post_hook("ci", &job_status_n(2)).await;
+    assert_eq!(
+        response.status(),
+        503,
+        "a webhook was accepted into a deleted file"
+    );
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "{body}");
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("store: "), "{reason}");
+    assert!(reason.contains("deleted or replaced"), "{reason}");
+    for n in 3..6 {
+        assert_eq!(app.post_hook("ci", &job_status_n(n)).await.status(), 503);
+    }
+    app.stop().await;
+    // A restart opens the file the path names now, and takes webhooks again.
+    let app = sqlite_app(dir.path(), |yaml| yaml).await;
+    assert_eq!(readiness(&app).await.0, 200);
+    app.accept(&job_status_n(7)).await;
+    app.stop().await;
+}
+
+/// Below `store.min_free_bytes` webhooks get 503 + Retry-After and `/readyz` names the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn below_the_free_space_floor_webhooks_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = sqlite_app(dir.path(), |yaml| {
+        yaml.replace(
+            "  max_queued:",
+            "  min_free_bytes: 9000000000000000000\n  max_queued:",
+        )
+    })
+    .await;
+    let response = app.post_hook("ci", &job_status_n(1)).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("store.min_free_bytes"),
+        "{body}"
+    );
+    let stored = app.state.store.list(None, 10).await.expect("list");
+    assert!(stored.is_empty(), "a refused webhook was stored");
+    app.stop().await;
 }
