@@ -56,9 +56,23 @@ pub(super) async fn state_known<C: sqlx::Connection>(conn: &mut C) -> sqlx::Resu
     Ok(clean)
 }
 
-/// The readiness probe's committed write (parameter: now in ms), the same on both backends.
-pub(super) const PROBE_WRITE: &str = "INSERT INTO store_probe (id, checked_at) VALUES (1, $1) \
-     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at";
+/// The readiness probe, the same on both backends: in one committed transaction, a delivery
+/// row as large as a webhook's (so it needs new pages, fires any trigger, writes the log at
+/// commit like intake does) is inserted and deleted again, leaving nothing behind.
+/// Parameters: 1 a fresh id, 2 a padding draft, 3 now in ms.
+pub(super) const PROBE_INSERT: &str = "INSERT INTO deliveries \
+     (id, route, dedup_key, state, attempts, draft, created_at, updated_at) \
+     VALUES ($1, '', $1, 'ignored', 0, $2, $3, $3)";
+/// Removes the probe's row (parameter: its id).
+pub(super) const PROBE_DELETE: &str = "DELETE FROM deliveries WHERE id = $1";
+
+/// The probe's id and padding.
+pub(super) fn probe_row() -> (String, String) {
+    (
+        format!("probe-{}", uuid::Uuid::now_v7()),
+        "0".repeat(8 * 1024),
+    )
+}
 
 /// A database failure, as the store reports it.
 pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {

@@ -582,12 +582,21 @@ impl Store for SqliteStore {
     }
 
     async fn probe_write(&self) -> Result<()> {
-        sqlx::query(super::sql::PROBE_WRITE)
+        let (id, padding) = super::sql::probe_row();
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        sqlx::query(super::sql::PROBE_INSERT)
+            .bind(&id)
+            .bind(&padding)
             .bind(ms(Utc::now()))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        sqlx::query(super::sql::PROBE_DELETE)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
     }
 
     fn problem(&self) -> Option<String> {

@@ -18,8 +18,8 @@ use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
 use serde_json::Value;
 
 use crate::helpers::{
-    ID_TEMPLATE, TestApp, TestConfig, job_status_n, metric_value, poll_until, settings_yaml,
-    spawn_app_from_yaml,
+    ID_TEMPLATE, TestApp, TestConfig, fresh_postgres_database, job_status_n, metric_value,
+    poll_until, settings_yaml, spawn_app_from_yaml,
 };
 
 const WINDOW: Duration = Duration::from_secs(3600);
@@ -356,4 +356,147 @@ async fn below_the_free_space_floor_webhooks_are_refused() {
     let stored = app.state.store.list(None, 10).await.expect("list");
     assert!(stored.is_empty(), "a refused webhook was stored");
     app.stop().await;
+}
+
+/// A fresh PostgreSQL store (wrapped as the relay wraps it), with an admin connection to its
+/// database, or `None` when PostgreSQL is not configured.
+async fn postgres_store(
+    what: &str,
+) -> Option<(Arc<dyn Store>, sqlx::PgConnection, String, String)> {
+    use sqlx::Connection;
+    let (url, database, database_url) = fresh_postgres_database(what).await?;
+    let store = dingtalk_relay::store::open(&database_url)
+        .await
+        .expect("open PostgreSQL store");
+    let store: Arc<dyn Store> = Observed::new(store, &Metrics::new());
+    let admin = sqlx::PgConnection::connect(&database_url)
+        .await
+        .expect("connect");
+    Some((store, admin, url, database))
+}
+
+async fn drop_database(url: &str, database: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .expect("drop test database");
+}
+
+/// A statement that errors (a trigger refusing inserts) fails its groups with 503; the
+/// store is not ready while it does, and intake resumes once the cause is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_statement_errors_fail_their_groups() {
+    let Some((store, mut admin, url, database)) =
+        postgres_store("PostgreSQL statement error test").await
+    else {
+        return;
+    };
+    let (mut accepted, refused) = intake(&store, 0, 20).await;
+    assert_eq!(refused, 0);
+    for statement in [
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN \
+           RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut admin)
+            .await
+            .expect("trigger");
+    }
+    let (queued, refused) = intake(&store, 1000, 40).await;
+    assert_eq!((queued.len(), refused), (0, 40));
+    let problem = store.problem().unwrap_or_default();
+    assert!(problem.contains("injected failure"), "{problem:?}");
+    sqlx::query("DROP TRIGGER refuse ON deliveries")
+        .execute(&mut admin)
+        .await
+        .expect("drop trigger");
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            store.problem().is_none()
+        })
+        .await,
+        "readiness never recovered"
+    );
+    let (queued, refused) = intake(&store, 2000, 20).await;
+    assert_eq!(refused, 0);
+    accepted.extend(queued);
+    assert_committed(&store, &accepted).await;
+    let depth = store.stats().await.expect("stats").depth;
+    assert_eq!(depth, accepted.len() as u64);
+    drop(store);
+    drop(admin);
+    drop_database(&url, &database).await;
+}
+
+/// The backend of a group terminated while the group is being written (held at a lock a
+/// trigger takes, so the moment is certain): that group is answered 503, nothing of it is
+/// stored, and the next groups are stored on fresh connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_backend_terminated_mid_group() {
+    let Some((store, mut admin, url, database)) =
+        postgres_store("PostgreSQL terminated backend test").await
+    else {
+        return;
+    };
+    for statement in [
+        "CREATE FUNCTION hold() RETURNS trigger AS $$ BEGIN \
+           PERFORM pg_advisory_xact_lock_shared(4213); RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER hold BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION hold()",
+        "SELECT pg_advisory_lock(4213)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut admin)
+            .await
+            .expect("setup");
+    }
+    let held = {
+        let store = store.clone();
+        tokio::spawn(async move { intake(&store, 0, 30).await })
+    };
+    // Wait for a group's backend to block on the lock, then terminate every waiting one.
+    let waiting = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids: Vec<i32> = sqlx::query_scalar(waiting)
+            .fetch_all(&mut admin)
+            .await
+            .expect("pg_locks");
+        if !pids.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no group reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed: Vec<bool> = sqlx::query_scalar(&format!(
+        "SELECT pg_terminate_backend(pid) FROM ({waiting}) AS w"
+    ))
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(!killed.is_empty());
+    sqlx::query("SELECT pg_advisory_unlock(4213)")
+        .execute(&mut admin)
+        .await
+        .expect("unlock");
+    let (mut accepted, refused) = held.await.expect("intake");
+    assert!(refused > 0, "the terminated group was not refused");
+    let (queued, refused) = intake(&store, 1000, 20).await;
+    assert_eq!(refused, 0, "intake did not resume on fresh connections");
+    accepted.extend(queued);
+    assert_committed(&store, &accepted).await;
+    let depth = store.stats().await.expect("stats").depth;
+    assert_eq!(
+        depth,
+        accepted.len() as u64,
+        "stored rows differ from the accepted ones"
+    );
+    drop(store);
+    drop(admin);
+    drop_database(&url, &database).await;
 }
