@@ -21,9 +21,26 @@ macro_rules! digest_statements {
             pool: &$pool,
             new: &NewDigestEvent,
             window: Duration,
+            max_queued: u64,
         ) -> Result<Enqueued> {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let kept = keep_event(&mut tx, new, window).await?;
+            if let Enqueued::Queued(_) = kept {
+                // Counted after the claim, so the count includes this event: one more than
+                // the waiting ones. Refused, the transaction (and the key's claim) is undone.
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT COUNT(*) FROM deliveries \
+                       WHERE state IN ('queued', 'delivering')) \
+                     + (SELECT COUNT(*) FROM digest_events)",
+                )
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                let before = u64::try_from(waiting).unwrap_or_default().saturating_sub(1);
+                if before >= max_queued {
+                    return Err(Error::Full(before));
+                }
+            }
             tx.commit().await.map_err(unavailable)?;
             Ok(kept)
         }

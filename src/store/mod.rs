@@ -280,11 +280,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<()>;
     /// Keeps an event for its route's next digest unless its dedup key was seen within
-    /// `dedup_window` (the same keys as deliveries). Durable once it returns.
+    /// `dedup_window` (the same keys as deliveries); refuses with [`Error::Full`] when
+    /// `max_queued` deliveries and kept events together are waiting. Durable once it returns.
     async fn add_digest_event(
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued>;
     /// The events `route` keeps for its next digest, oldest first.
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>>;

@@ -196,8 +196,12 @@ impl Store for Observed {
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued> {
-        let result = self.inner.add_digest_event(new, dedup_window).await;
+        let result = self
+            .inner
+            .add_digest_event(new, dedup_window, max_queued)
+            .await;
         self.note("add_digest_event", true, result)
     }
 

@@ -654,8 +654,9 @@ impl Store for PostgresStore {
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued> {
-        super::digest_sql::postgres::add_event(&self.pool, &new, dedup_window).await
+        super::digest_sql::postgres::add_event(&self.pool, &new, dedup_window, max_queued).await
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {

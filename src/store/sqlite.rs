@@ -615,11 +615,14 @@ impl Store for SqliteStore {
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued> {
         if let Some(reason) = self.watch.refusal() {
             return Err(Error::Unavailable(reason));
         }
-        let kept = super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window).await?;
+        let kept =
+            super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window, max_queued)
+                .await?;
         match self.watch.vanished() {
             Some(reason) => Err(Error::Unavailable(reason)),
             None => Ok(kept),
