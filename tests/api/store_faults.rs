@@ -282,12 +282,22 @@ async fn sqlite_app(dir: &std::path::Path, edit: impl FnOnce(String) -> String) 
     let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default())
         .await
         .expect("fake DingTalk starts");
+    sqlite_app_on(dir, edit, fake, &base_url).await
+}
+
+/// [`sqlite_app`] against an existing fake DingTalk (a restart).
+async fn sqlite_app_on(
+    dir: &std::path::Path,
+    edit: impl FnOnce(String) -> String,
+    fake: FakeDingTalk,
+    base_url: &str,
+) -> TestApp {
     let config = TestConfig {
         store_url: format!("sqlite://{}", dir.join("relay.db").display()),
         template: ID_TEMPLATE.to_owned(),
         ..TestConfig::default()
     };
-    spawn_app_from_yaml(&edit(settings_yaml(&config, &base_url)), fake).await
+    spawn_app_from_yaml(&edit(settings_yaml(&config, base_url)), fake).await
 }
 
 async fn readiness(app: &TestApp) -> (u16, Value) {
@@ -499,4 +509,88 @@ async fn postgres_backend_terminated_mid_group() {
     drop(store);
     drop(admin);
     drop_database(&url, &database).await;
+}
+
+/// Makes the relay's own writes of `delivered` fail (a trigger in its SQLite file), or lets
+/// them through again.
+async fn refuse_delivered(dir: &std::path::Path, refuse: bool) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("relay.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    let statement = if refuse {
+        "CREATE TRIGGER refuse_delivered BEFORE UPDATE OF state ON deliveries \
+         WHEN NEW.state = 'delivered' BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    } else {
+        "DROP TRIGGER refuse_delivered"
+    };
+    sqlx::query(statement)
+        .execute(&mut conn)
+        .await
+        .expect("trigger");
+    conn.close().await.expect("close");
+}
+
+/// DingTalk accepted the report but recording it fails: the relay keeps the report id and
+/// writes it once the store takes writes again — one report, no resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_delivered_write_is_retried_with_the_report_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = sqlite_app(dir.path(), |yaml| yaml).await;
+    refuse_delivered(dir.path(), true).await;
+    let id = app.accept(&job_status_n(1)).await;
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            app.fake.reports().len() == 1
+        })
+        .await,
+        "the report was never created"
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            metric_value(
+                &app.metrics().await,
+                "dingtalk_relay_store_errors_total",
+                &[("op", "mark_delivered")],
+            ) >= 2.0
+        })
+        .await,
+        "the write was not retried"
+    );
+    assert_eq!(app.delivery(&id).await["state"], "delivering");
+    refuse_delivered(dir.path(), false).await;
+    let delivered = app.wait_for_state(&id, "delivered").await;
+    let reports = app.fake.reports();
+    assert_eq!(reports.len(), 1, "the report was sent again");
+    assert_eq!(delivered["report_id"], reports[0].report_id.as_str());
+    app.stop().await;
+}
+
+/// Still failing at shutdown, the row stays marked as sending: after a restart the existing
+/// report/list reconciliation finds the report instead of sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivered_write_lost_at_shutdown_is_reconciled_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default())
+        .await
+        .expect("fake DingTalk starts");
+    let app = sqlite_app_on(dir.path(), |yaml| yaml, fake.clone(), &base_url).await;
+    refuse_delivered(dir.path(), true).await;
+    let id = app.accept(&job_status_n(1)).await;
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            fake.reports().len() == 1
+        })
+        .await,
+        "the report was never created"
+    );
+    app.stop().await;
+    refuse_delivered(dir.path(), false).await;
+    let app = sqlite_app_on(dir.path(), |yaml| yaml, fake.clone(), &base_url).await;
+    let delivered = app.wait_for_state(&id, "delivered").await;
+    let reports = fake.reports();
+    assert_eq!(reports.len(), 1, "the report was sent again");
+    assert_eq!(delivered["report_id"], reports[0].report_id.as_str());
+    app.stop().await;
 }
