@@ -51,7 +51,7 @@ macro_rules! digest_statements {
             window: Duration,
         ) -> Result<Enqueued> {
             let p: fn(u8) -> String = $p;
-            let event = serde_json::to_string(&new.event).map_err(unavailable)?;
+            let event = crate::store::stored::encode_event(&new.event).map_err(unavailable)?;
             let now = ms(new.received_at);
             // A concurrent claim of the same key waits for this transaction, then sees it taken.
             let claimed: Option<String> = sqlx::query_scalar(&format!(
@@ -204,7 +204,7 @@ macro_rules! digest_statements {
             let deliveries = build(&events, last).map_err(Error::Digest)?;
             let mut ids = Vec::with_capacity(deliveries.len());
             for new in deliveries {
-                let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
+                let draft = crate::store::stored::encode_draft(&new.draft).map_err(unavailable)?;
                 let at = ms(new.received_at);
                 sqlx::query(&format!(
                     "INSERT INTO dedup (key, delivery_id, created_at) VALUES ({}, {}, {}) \

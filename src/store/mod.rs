@@ -10,6 +10,7 @@ mod observed;
 mod postgres;
 mod sql;
 mod sqlite;
+mod stored;
 
 use std::sync::Arc;
 use std::time::Duration;

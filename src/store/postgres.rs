@@ -305,7 +305,7 @@ async fn commit_group(
     if !new_rows.is_empty() {
         let mut drafts = Vec::with_capacity(new_rows.len());
         for new in &new_rows {
-            drafts.push(serde_json::to_string(&new.draft).map_err(unavailable)?);
+            drafts.push(super::stored::encode_draft(&new.draft).map_err(unavailable)?);
         }
         let ids: Vec<&str> = new_rows.iter().map(|n| n.id.as_str()).collect();
         let routes: Vec<&str> = new_rows.iter().map(|n| n.route.as_str()).collect();
@@ -425,7 +425,16 @@ impl Store for PostgresStore {
                 .await
                 .map_err(unavailable)?;
             for row in &rows {
-                claimed.push(row_to_delivery(row)?);
+                let delivery = row_to_delivery(row)?;
+                // A claimed row is delivering; one read back as failed has a draft this relay
+                // cannot read: record that, and never work it.
+                match (delivery.state, &delivery.last_error) {
+                    (State::Failed, Some(error)) => {
+                        tracing::error!(delivery_id = %delivery.id, error = %error.errmsg, "queued delivery is undecodable; marked failed");
+                        self.mark_failed(&delivery.id, error, from_ms(now)).await?;
+                    }
+                    _ => claimed.push(delivery),
+                }
             }
         }
         Ok(claimed)

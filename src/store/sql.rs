@@ -114,19 +114,33 @@ where
         message,
     };
     let state_name = text("state")?;
-    let state =
+    let mut state =
         State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
-    let draft =
-        serde_json::from_str(&text("draft")?).map_err(|e| corrupt(format!("draft: {e}")))?;
     let errcode = opt_number("last_errcode")?;
+    let mut last_error = opt_text("last_errmsg")?.map(|errmsg| LastError { errcode, errmsg });
+    let mut next_attempt_at = opt_number("next_attempt_at")?.map(from_ms);
+    // A draft this relay cannot read is shown (and, when claimed, stored) as failed with the
+    // reason; the row itself stays as it is for an operator.
+    let draft = match super::stored::decode_draft(&text("draft")?) {
+        Ok(draft) => draft,
+        Err(e) => {
+            state = State::Failed;
+            next_attempt_at = None;
+            last_error = Some(LastError {
+                errcode: None,
+                errmsg: format!("undecodable: draft: {e}"),
+            });
+            super::stored::undecodable_draft()
+        }
+    };
     Ok(Delivery {
         route: text("route")?,
         dedup_key: text("dedup_key")?,
         state,
         attempts: u32::try_from(number("attempts")?).unwrap_or(u32::MAX),
-        next_attempt_at: opt_number("next_attempt_at")?.map(from_ms),
+        next_attempt_at,
         sending_since: opt_number("sending_since")?.map(from_ms),
-        last_error: opt_text("last_errmsg")?.map(|errmsg| LastError { errcode, errmsg }),
+        last_error,
         report_id: opt_text("report_id")?,
         draft,
         created_at: from_ms(number("created_at")?),
@@ -147,9 +161,9 @@ where
 {
     let id: String = row.try_get(0).map_err(unavailable)?;
     let event: String = row.try_get(3).map_err(unavailable)?;
-    let event = serde_json::from_str(&event).map_err(|e| Error::Corrupt {
+    let event = super::stored::decode_event(&event).map_err(|e| Error::Corrupt {
         id: id.clone(),
-        message: format!("event: {e}"),
+        message: format!("undecodable: event: {e}"),
     })?;
     Ok(DigestEvent {
         route: row.try_get(1).map_err(unavailable)?,

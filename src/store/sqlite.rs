@@ -191,7 +191,7 @@ async fn commit_group(
             results.push(Err(Error::Full(depth)));
             continue;
         }
-        let draft = match serde_json::to_string(&new.draft) {
+        let draft = match super::stored::encode_draft(&new.draft) {
             Ok(d) => d,
             Err(e) => {
                 results.push(Err(unavailable(e)));
@@ -381,7 +381,16 @@ impl Store for SqliteStore {
                 .await
                 .map_err(unavailable)?;
             for row in &rows {
-                claimed.push(row_to_delivery(row)?);
+                let delivery = row_to_delivery(row)?;
+                // A claimed row is delivering; one read back as failed has a draft this relay
+                // cannot read: record that, and never work it.
+                match (delivery.state, &delivery.last_error) {
+                    (State::Failed, Some(error)) => {
+                        tracing::error!(delivery_id = %delivery.id, error = %error.errmsg, "queued delivery is undecodable; marked failed");
+                        self.mark_failed(&delivery.id, error, from_ms(now)).await?;
+                    }
+                    _ => claimed.push(delivery),
+                }
             }
         }
         Ok(claimed)

@@ -12,7 +12,7 @@ use chrono::Utc;
 use dingtalk_relay::config::TemplateSettings;
 use dingtalk_relay::mapping::{DraftContent, ReportDraft};
 use dingtalk_relay::metrics::Metrics;
-use dingtalk_relay::store::{Enqueued, Error, NewDelivery, Observed, SqliteStore, Store};
+use dingtalk_relay::store::{Enqueued, Error, NewDelivery, Observed, SqliteStore, State, Store};
 
 use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
 use serde_json::Value;
@@ -593,4 +593,121 @@ async fn a_delivered_write_lost_at_shutdown_is_reconciled_after_restart() {
     assert_eq!(reports.len(), 1, "the report was sent again");
     assert_eq!(delivered["report_id"], reports[0].report_id.as_str());
     app.stop().await;
+}
+
+/// A delivery row's draft as the relay stored it before drafts were versioned (the
+/// serialised `ReportDraft`, its template a `TemplateSettings`).
+const PREVIOUS_DRAFT: &str = r#"{"app":"default","template":{"name":null,"id":"tpl-1","fields":[{"name":"今日完成工作","sort":0,"type":1}],"owner":null},"author":"manager01","to_userids":["user01"],"to_cids":[],"to_chat":true,"dd_from":"dingtalk-relay","contents":[{"field":"今日完成工作","content":"**build #42** passed"}]}"#;
+/// The same with a template key a later release removed: still readable.
+const DRAFT_WITH_A_RETIRED_KEY: &str = r#"{"v":1,"app":"default","template":{"name":"日报","retired_key":true},"author":"manager01","to_userids":["user01"],"to_cids":[],"to_chat":false,"dd_from":"dingtalk-relay","contents":[]}"#;
+/// A digest event as stored before events were versioned (the bare serialised `Event`).
+const PREVIOUS_EVENT: &str = r#"{"type":"standup","user":"octocat","userid":null,"date":null,"done":["item 1"],"todo":[],"blockers":[],"notes":null}"#;
+
+/// Rows as raw SQL (the same on SQLite and PostgreSQL): `id`, `draft`, due now.
+fn raw_delivery(id: &str, draft: &str) -> String {
+    let now = Utc::now().timestamp_millis();
+    format!(
+        "INSERT INTO deliveries (id, route, dedup_key, state, attempts, next_attempt_at, draft, \
+           created_at, updated_at) \
+         VALUES ('{id}', 'ci', 'key-{id}', 'queued', 0, {now}, '{}', {now}, {now})",
+        draft.replace('\'', "''")
+    )
+}
+
+fn raw_digest_event(id: &str, event: &str) -> String {
+    let now = Utc::now().timestamp_millis();
+    format!(
+        "INSERT INTO digest_events (id, route, group_key, event, received_at) \
+         VALUES ('{id}', 'daily', 'all', '{}', {now})",
+        event.replace('\'', "''")
+    )
+}
+
+/// Reads rows of the previous stored form, and fails (never drops, never blocks on) a row
+/// that cannot be read.
+async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
+    execute(raw_delivery("old", PREVIOUS_DRAFT)).await;
+    execute(raw_delivery("retired", DRAFT_WITH_A_RETIRED_KEY)).await;
+    execute(raw_delivery("garbage", r#"{"v":1,"app":5}"#)).await;
+    execute(raw_delivery("future", r#"{"v":99,"app":"default"}"#)).await;
+    execute(raw_digest_event("old-event", PREVIOUS_EVENT)).await;
+
+    let old = store.get("old").await.expect("get").expect("stored");
+    assert_eq!(old.state, State::Queued);
+    assert_eq!(old.draft.template.id.as_deref(), Some("tpl-1"));
+    assert_eq!(old.draft.template.fields.as_ref().map(Vec::len), Some(1));
+    assert_eq!(old.draft.contents[0].content, "**build #42** passed");
+    assert!(old.draft.to_chat);
+
+    let claimed = store
+        .claim(Utc::now() + chrono::Duration::seconds(1), 10, WINDOW)
+        .await
+        .expect("claim is not blocked by undecodable rows");
+    let mut ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["old", "retired"]);
+    for id in ["garbage", "future"] {
+        let failed = store
+            .get(id)
+            .await
+            .expect("get")
+            .expect("kept, not dropped");
+        assert_eq!(failed.state, State::Failed);
+        let reason = failed.last_error.expect("a reason").errmsg;
+        assert!(reason.starts_with("undecodable: draft: "), "{reason}");
+    }
+    let listed = store.list(Some(State::Failed), 10).await.expect("list");
+    assert_eq!(listed.len(), 2, "undecodable rows are stored as failed");
+
+    let events = store.digest_events("daily").await.expect("events");
+    assert_eq!(events.len(), 1);
+    let dingtalk_relay::sources::Event::Standup(standup) = &events[0].event else {
+        panic!("not the standup");
+    };
+    assert_eq!(standup.done, ["item 1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_reads_previous_stored_forms_and_fails_undecodable_rows() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.db");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(path.to_str().unwrap())
+            .await
+            .expect("open"),
+    );
+    let url = format!("sqlite://{}", path.display());
+    let conn = Arc::new(tokio::sync::Mutex::new(
+        sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect"),
+    ));
+    stored_forms(store, async |sql: String| {
+        let mut conn = conn.lock().await;
+        sqlx::query(&sql)
+            .execute(&mut *conn)
+            .await
+            .expect("raw insert");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_reads_previous_stored_forms_and_fails_undecodable_rows() {
+    let Some((store, admin, url, database)) = postgres_store("PostgreSQL stored forms test").await
+    else {
+        return;
+    };
+    let admin = Arc::new(tokio::sync::Mutex::new(admin));
+    stored_forms(store, async |sql: String| {
+        let mut conn = admin.lock().await;
+        sqlx::query(&sql)
+            .execute(&mut *conn)
+            .await
+            .expect("raw insert");
+    })
+    .await;
+    drop(admin);
+    drop_database(&url, &database).await;
 }
