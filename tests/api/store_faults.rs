@@ -18,8 +18,8 @@ use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
 use serde_json::Value;
 
 use crate::helpers::{
-    ID_TEMPLATE, TestApp, TestConfig, fresh_postgres_database, job_status_n, metric_value,
-    poll_until, settings_yaml, spawn_app_from_yaml,
+    ID_TEMPLATE, ROUTE_SECRET, TestApp, TestConfig, fresh_postgres_database, job_status_n,
+    metric_value, poll_until, settings_yaml, spawn_app_from_yaml,
 };
 
 const WINDOW: Duration = Duration::from_secs(3600);
@@ -710,4 +710,108 @@ async fn postgres_reads_previous_stored_forms_and_fails_undecodable_rows() {
     .await;
     drop(admin);
     drop_database(&url, &database).await;
+}
+
+/// The real binary on a nearly full filesystem (root only: a small tmpfs): webhooks that
+/// cannot be committed get 503 and readiness says the disk is full; once space is freed
+/// intake and readiness recover by themselves; after a clean SIGTERM and restart every
+/// webhook answered 202 is delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_on_a_full_disk_keeps_every_202() {
+    use std::collections::HashMap;
+
+    use crate::process::{all_delivered, assert_each_reported_once, start_relay, write_config};
+    let Some(tmpfs) = Tmpfs::mount("4m", "the full-disk binary test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = FakeOptions::default();
+    let (fake, base_url) = FakeDingTalk::spawn(options.clone()).await.unwrap();
+    let store_url = format!("sqlite://{}", tmpfs.dir.path().join("relay.db").display());
+    let config = write_config(dir.path(), &base_url, &options, &store_url);
+    // No floor: this test is about the writes that fail when the disk is really full.
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        yaml.replace("  max_queued:", "  min_free_bytes: 0\n  max_queued:"),
+    )
+    .unwrap();
+    let mut relay = start_relay(&config);
+    let http = reqwest::Client::new();
+    let ready = async |admin: &str| {
+        let response = http.get(format!("{admin}/readyz")).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(ready(&relay.admin_address).await.0, 200);
+
+    // Leave about 200 KB free.
+    let fs = rustix::fs::statvfs(tmpfs.dir.path()).expect("statvfs");
+    let free = fs.f_bavail * fs.f_frsize;
+    let filler = tmpfs.dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; (free.saturating_sub(200_000)) as usize]).unwrap();
+
+    let post = async |address: &str, n: usize| {
+        http.post(format!("{address}/v1/hooks/ci"))
+            .bearer_auth(ROUTE_SECRET)
+            .json(&job_status_n(n))
+            .send()
+            .await
+            .expect("answered")
+    };
+    let mut accepted: HashMap<usize, String> = HashMap::new();
+    let mut refused = 0;
+    let mut n = 0;
+    while refused < 20 && n < 5000 {
+        let answers = futures::future::join_all((n..n + 8).map(|n| post(&relay.address, n))).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer.status().as_u16() {
+                202 => {
+                    let body: Value = answer.json().await.unwrap();
+                    accepted.insert(n + i, body["delivery_id"].as_str().unwrap().to_owned());
+                }
+                503 => {
+                    assert!(answer.headers().contains_key("retry-after"));
+                    refused += 1;
+                }
+                other => panic!("unexpected answer {other}"),
+            }
+        }
+        n += 8;
+    }
+    assert!(refused >= 20, "the disk never filled ({n} webhooks)");
+    let (status, body) = ready(&relay.admin_address).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("full"), "{body}");
+
+    // Space freed: readiness and intake come back by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    let admin = relay.admin_address.clone();
+    assert!(
+        poll_until(Duration::from_secs(15), || async {
+            ready(&admin).await.0 == 200
+        })
+        .await,
+        "readiness never recovered"
+    );
+    for m in n..n + 20 {
+        let answer = post(&relay.address, m).await;
+        assert_eq!(answer.status(), 202, "intake did not resume");
+        let body: Value = answer.json().await.unwrap();
+        accepted.insert(m, body["delivery_id"].as_str().unwrap().to_owned());
+    }
+
+    // A clean stop and a restart: every 202 is delivered, once.
+    let pid = relay.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = relay.child.wait();
+    let mut relay = start_relay(&config);
+    let all_done = all_delivered(&http, &relay.admin_address, accepted.values()).await;
+    relay.child.kill().ok();
+    let _ = relay.child.wait();
+    assert!(all_done, "not every accepted webhook was delivered");
+    assert_each_reported_once(&fake, accepted.keys());
 }
