@@ -195,6 +195,11 @@ pub struct StoreSettings {
     /// Most deliveries waiting in the queue; beyond it webhooks get 503 with `Retry-After`.
     #[serde(default = "default_max_queued")]
     pub max_queued: u64,
+    /// SQLite: below this many bytes available on the database's filesystem, webhooks get 503
+    /// with `Retry-After` and `/readyz` says why (checked every second), so the deliveries
+    /// already accepted keep room to be marked delivered. 0 turns the floor off.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 /// `delivery.*`
@@ -553,6 +558,10 @@ fn default_max_qps() -> u32 {
 fn default_template_ttl() -> Duration {
     Duration::from_secs(600)
 }
+fn default_min_free_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+
 fn default_max_queued() -> u64 {
     100_000
 }

@@ -136,6 +136,8 @@ pub struct Series {
     /// `dingtalk_relay_config_last_reload_success_timestamp_seconds`: Unix time of the last
     /// successful load (startup counts).
     pub config_last_reload_success_timestamp: Gauge,
+    /// `dingtalk_relay_store_errors_total{op}`: store operations that failed, by operation.
+    pub store_errors: IntCounterVec,
     /// The labels [`Metrics::track`] exported at 0 last time, to drop those a reload removed.
     tracked: Mutex<Tracked>,
 }
@@ -322,12 +324,21 @@ impl Metrics {
                 dingtalk_requests.with_label_values(&[api, outcome]);
             }
         }
+        let store_errors = counter(
+            "dingtalk_relay_store_errors_total",
+            "Store operations that failed (the database unreachable, full or failing), by operation (enqueue, add_digest_event, claim, mark_delivered, probe, …).",
+            &["op"],
+        );
+        for op in ["enqueue", "add_digest_event", "mark_delivered", "probe"] {
+            store_errors.with_label_values(&[op]);
+        }
         Self(Arc::new(Series {
             registry,
             webhooks_ignored,
             config_last_reload_successful,
             config_last_reload_success_timestamp,
             tracked: Mutex::default(),
+            store_errors,
             digests,
             digest_events_folded,
             digest_reports_saved,

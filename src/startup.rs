@@ -164,9 +164,10 @@ impl Application {
         }
         let metrics = Metrics::new();
         metrics.track(&settings);
-        let store = store::open(&settings.store.url)
+        let store = store::open_settings(&settings.store)
             .await
             .context("opening the store")?;
+        let store: Arc<dyn store::Store> = store::Observed::new(store, &metrics);
         // Replicas sharing a PostgreSQL store share DingTalk's rate limit through it.
         let shared_limit = store.shared_limit();
         let client = DingTalkClient::with_shared_limit(

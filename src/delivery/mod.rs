@@ -111,6 +111,11 @@ pub struct Worker {
 /// How often the queue is checked when nothing wakes the workers (other replicas' work,
 /// retries coming due).
 const POLL: Duration = Duration::from_secs(1);
+/// First wait before writing a created report's id again after the store failed it; doubled
+/// up to [`MARK_DELIVERED_RETRY_MAX`].
+const MARK_DELIVERED_RETRY: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of that write.
+const MARK_DELIVERED_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How often delivered rows and old dedup keys are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -234,7 +239,7 @@ impl Worker {
             {
                 Some(Reconciliation::Found(report_id)) => {
                     tracing::info!(report_id, "report found by reconciliation; not resending");
-                    return self.delivered(&delivery, &report_id).await;
+                    return self.delivered(&delivery, &report_id, cancel).await;
                 }
                 Some(Reconciliation::Absent) => {}
                 None => return,
@@ -247,7 +252,7 @@ impl Worker {
             return;
         }
         match client.create_report(&draft.app, &param).await {
-            Ok(report_id) => self.delivered(&delivery, &report_id).await,
+            Ok(report_id) => self.delivered(&delivery, &report_id, cancel).await,
             Err(e) => self.settle(&delivery, e, Some(started)).await,
         }
     }
@@ -284,17 +289,30 @@ impl Worker {
         }
     }
 
-    async fn delivered(&self, delivery: &Delivery, report_id: &str) {
+    /// Records the created report. A failing store is retried with the report id kept
+    /// (never a new create) for half the lease, or until shutdown; after that the row still
+    /// says sending, so whoever claims it next reconciles with report/list rather than
+    /// sending again.
+    async fn delivered(&self, delivery: &Delivery, report_id: &str, cancel: &CancellationToken) {
         let now = Utc::now();
-        if let Err(e) = self
+        let deadline = tokio::time::Instant::now() + self.lease / 2;
+        let mut wait = MARK_DELIVERED_RETRY;
+        while let Err(e) = self
             .store
-            .mark_delivered(&delivery.id, report_id, now)
+            .mark_delivered(&delivery.id, report_id, Utc::now())
             .await
         {
-            // The report exists; the row still says sending, so a retry will reconcile
-            // rather than duplicate.
-            tracing::error!(error = %e, report_id, "report created but not recorded");
-            return;
+            let give_up = tokio::time::Instant::now() + wait >= deadline;
+            if give_up || cancel.is_cancelled() {
+                tracing::error!(error = %e, report_id, "report created but not recorded; it will be reconciled");
+                return;
+            }
+            tracing::warn!(error = %e, report_id, retry_in = ?wait, "report created but not recorded yet; retrying the write");
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(MARK_DELIVERED_RETRY_MAX);
         }
         self.count(delivery, "delivered");
         let latency = (now - delivery.created_at).to_std().unwrap_or_default();

@@ -209,3 +209,66 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
         }
     }
 }
+
+/// An event as a digest route keeps it: every text cut to what a digest can ever show (a
+/// report content holds at most [`MAX_CONTENT_CHARS`] characters, so no value shows more),
+/// and at most as many list items, so one route's large payloads (200 KB commit messages)
+/// cannot fill the store.
+///
+/// [`MAX_CONTENT_CHARS`]: crate::mapping::MAX_CONTENT_CHARS
+pub fn keepable(event: Event) -> Event {
+    use crate::mapping::MAX_CONTENT_CHARS as MAX;
+    fn cut(text: &mut String) {
+        if let Some((at, _)) = text.char_indices().nth(MAX) {
+            text.truncate(at);
+        }
+    }
+    fn cut_opt(text: &mut Option<String>) {
+        if let Some(text) = text {
+            cut(text);
+        }
+    }
+    fn cut_list(items: &mut Vec<String>) {
+        items.truncate(MAX);
+        items.iter_mut().for_each(cut);
+    }
+    match event {
+        Event::JobStatus(mut job) => {
+            for text in [
+                &mut job.job,
+                &mut job.pipeline,
+                &mut job.status_raw,
+                &mut job.source,
+                &mut job.project,
+                &mut job.run_id,
+                &mut job.branch,
+                &mut job.commit,
+                &mut job.commit_message,
+                &mut job.url,
+                &mut job.actor,
+                &mut job.actor_email,
+                &mut job.summary,
+            ] {
+                cut_opt(text);
+            }
+            if let Some(crate::sources::Status::Other(text)) = &mut job.status {
+                cut(text);
+            }
+            Event::JobStatus(job)
+        }
+        Event::Standup(mut standup) => {
+            for text in [
+                &mut standup.user,
+                &mut standup.userid,
+                &mut standup.date,
+                &mut standup.notes,
+            ] {
+                cut_opt(text);
+            }
+            for list in [&mut standup.done, &mut standup.todo, &mut standup.blockers] {
+                cut_list(list);
+            }
+            Event::Standup(standup)
+        }
+    }
+}

@@ -103,6 +103,9 @@ async fn health_check() -> Json<Value> {
 async fn readiness(State(state): State<AppState>) -> Response {
     let max_queued = state.settings().store.max_queued;
     let reason = match state.store.stats().await {
+        _ if state.store.problem().is_some() => {
+            state.store.problem().map(|p| format!("store: {p}"))
+        }
         Err(e) => Some(format!("store unreachable: {e}")),
         Ok(stats) if stats.depth >= max_queued => Some(format!(
             "delivery queue is full ({} of store.max_queued {max_queued})",

@@ -325,7 +325,7 @@ fn readyz_op() -> Value {
         "tags": ["admin"],
         "operationId": "readyz",
         "summary": "Readiness probe",
-        "description": "Ready when the store answers and holds fewer than `store.max_queued` waiting deliveries (webhooks would get 503 otherwise).",
+        "description": "Ready when the store answers, takes writes (not failing, not below `store.min_free_bytes`, its SQLite file not deleted or replaced) and holds fewer than `store.max_queued` waiting deliveries (webhooks would get 503 otherwise). The reason names the cause, e.g. `store: database or disk is full`.",
         "security": [],
         "responses": {
             "200": {"description": "Ready to take webhooks.", "content": json_content("Ready")},

@@ -298,7 +298,7 @@ async fn handle(
                     route: route_name.to_owned(),
                     group,
                     dedup_key,
-                    event,
+                    event: crate::digest::keepable(event),
                     received_at: now,
                 };
                 return keep_for_digest(state, settings, route_name, new).await;
@@ -388,7 +388,11 @@ async fn keep_for_digest(
     let received_at = new.received_at;
     let enqueued = state
         .store
-        .add_digest_event(new, settings.delivery.dedup_window)
+        .add_digest_event(
+            new,
+            settings.delivery.dedup_window,
+            settings.store.max_queued,
+        )
         .await
         .map_err(store_error)?;
     match enqueued {

@@ -21,9 +21,26 @@ macro_rules! digest_statements {
             pool: &$pool,
             new: &NewDigestEvent,
             window: Duration,
+            max_queued: u64,
         ) -> Result<Enqueued> {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let kept = keep_event(&mut tx, new, window).await?;
+            if let Enqueued::Queued(_) = kept {
+                // Counted after the claim, so the count includes this event: one more than
+                // the waiting ones. Refused, the transaction (and the key's claim) is undone.
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT COUNT(*) FROM deliveries \
+                       WHERE state IN ('queued', 'delivering')) \
+                     + (SELECT COUNT(*) FROM digest_events)",
+                )
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                let before = u64::try_from(waiting).unwrap_or_default().saturating_sub(1);
+                if before >= max_queued {
+                    return Err(Error::Full(before));
+                }
+            }
             tx.commit().await.map_err(unavailable)?;
             Ok(kept)
         }
@@ -34,7 +51,7 @@ macro_rules! digest_statements {
             window: Duration,
         ) -> Result<Enqueued> {
             let p: fn(u8) -> String = $p;
-            let event = serde_json::to_string(&new.event).map_err(unavailable)?;
+            let event = crate::store::stored::encode_event(&new.event).map_err(unavailable)?;
             let now = ms(new.received_at);
             // A concurrent claim of the same key waits for this transaction, then sees it taken.
             let claimed: Option<String> = sqlx::query_scalar(&format!(
@@ -187,7 +204,7 @@ macro_rules! digest_statements {
             let deliveries = build(&events, last).map_err(Error::Digest)?;
             let mut ids = Vec::with_capacity(deliveries.len());
             for new in deliveries {
-                let draft = serde_json::to_string(&new.draft).map_err(unavailable)?;
+                let draft = crate::store::stored::encode_draft(&new.draft).map_err(unavailable)?;
                 let at = ms(new.received_at);
                 sqlx::query(&format!(
                     "INSERT INTO dedup (key, delivery_id, created_at) VALUES ({}, {}, {}) \

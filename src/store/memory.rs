@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ClosedDigest, Delivery, DigestBuilder, DigestEvent, Enqueued, LastError, NewDelivery,
+    ClosedDigest, Delivery, DigestBuilder, DigestEvent, Enqueued, Error, LastError, NewDelivery,
     NewDigestEvent, QueueStats, Result, State, Store,
 };
 
@@ -308,10 +308,20 @@ impl Store for MemoryStore {
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued> {
         let mut inner = self.lock();
         if let Some(id) = inner.seen(&new.dedup_key, new.received_at, dedup_window) {
             return Ok(Enqueued::Duplicate(id));
+        }
+        let waiting = inner
+            .deliveries
+            .values()
+            .filter(|d| matches!(d.state, State::Queued | State::Delivering))
+            .count()
+            + inner.digest_events.len();
+        if waiting as u64 >= max_queued {
+            return Err(Error::Full(waiting as u64));
         }
         inner
             .dedup

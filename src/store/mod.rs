@@ -4,10 +4,13 @@
 //! `postgres://` (shared by several replicas).
 
 mod digest_sql;
+mod file_watch;
 mod memory;
+mod observed;
 mod postgres;
 mod sql;
 mod sqlite;
+mod stored;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +19,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{StoreKind, store_kind};
+use crate::config::{StoreKind, StoreSettings, store_kind};
 use crate::dingtalk::SharedLimit;
 use crate::mapping::ReportDraft;
 use crate::sources::Event;
 
 pub use memory::MemoryStore;
+pub use observed::Observed;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -277,11 +281,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<()>;
     /// Keeps an event for its route's next digest unless its dedup key was seen within
-    /// `dedup_window` (the same keys as deliveries). Durable once it returns.
+    /// `dedup_window` (the same keys as deliveries); refuses with [`Error::Full`] when
+    /// `max_queued` deliveries and kept events together are waiting. Durable once it returns.
     async fn add_digest_event(
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued>;
     /// The events `route` keeps for its next digest, oldest first.
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>>;
@@ -304,13 +310,34 @@ pub trait Store: Send + Sync + 'static {
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
         None
     }
+    /// A small committed write, to find out whether writes work again after they failed.
+    async fn probe_write(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Why the store refuses or fails writes right now (e.g. `database or disk is full`, below
+    /// `store.min_free_bytes`, the database file replaced), for `/readyz`; `None` when it
+    /// takes writes.
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Opens the store `url` selects (creating and migrating a SQLite file as needed).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    open_with(url, 0).await
+}
+
+/// Opens the store `settings.url` selects, with its free-space floor.
+pub async fn open_settings(settings: &StoreSettings) -> Result<Arc<dyn Store>> {
+    open_with(&settings.url, settings.min_free_bytes).await
+}
+
+async fn open_with(url: &str, min_free_bytes: u64) -> Result<Arc<dyn Store>> {
     match store_kind(url).map_err(Error::Unavailable)? {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreKind::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path).await?)),
+        StoreKind::Sqlite(path) => Ok(Arc::new(
+            SqliteStore::open_with(&path, min_free_bytes).await?,
+        )),
         StoreKind::Postgres(url) => Ok(Arc::new(PostgresStore::open(&url).await?)),
     }
 }

@@ -160,8 +160,12 @@ async fn group_commit(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, webhooks = run.len(), "committing webhooks failed");
+                    let message = match e {
+                        Error::Unavailable(message) => message,
+                        other => other.to_string(),
+                    };
                     for request in run {
-                        let _ = request.reply.send(Err(unavailable(&e)));
+                        let _ = request.reply.send(Err(Error::Unavailable(message.clone())));
                     }
                 }
             }
@@ -301,7 +305,7 @@ async fn commit_group(
     if !new_rows.is_empty() {
         let mut drafts = Vec::with_capacity(new_rows.len());
         for new in &new_rows {
-            drafts.push(serde_json::to_string(&new.draft).map_err(unavailable)?);
+            drafts.push(super::stored::encode_draft(&new.draft).map_err(unavailable)?);
         }
         let ids: Vec<&str> = new_rows.iter().map(|n| n.id.as_str()).collect();
         let routes: Vec<&str> = new_rows.iter().map(|n| n.route.as_str()).collect();
@@ -348,6 +352,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
+            .after_release(|conn, _| Box::pin(super::sql::state_known(conn)))
             .connect_with(options)
             .await
             .map_err(|e| open_error(url, "connecting to", e))?;
@@ -420,7 +425,16 @@ impl Store for PostgresStore {
                 .await
                 .map_err(unavailable)?;
             for row in &rows {
-                claimed.push(row_to_delivery(row)?);
+                let delivery = row_to_delivery(row)?;
+                // A claimed row is delivering; one read back as failed has a draft this relay
+                // cannot read: record that, and never work it.
+                match (delivery.state, &delivery.last_error) {
+                    (State::Failed, Some(error)) => {
+                        tracing::error!(delivery_id = %delivery.id, error = %error.errmsg, "queued delivery is undecodable; marked failed");
+                        self.mark_failed(&delivery.id, error, from_ms(now)).await?;
+                    }
+                    _ => claimed.push(delivery),
+                }
             }
         }
         Ok(claimed)
@@ -619,6 +633,24 @@ impl Store for PostgresStore {
         Ok(deliveries.rows_affected() + dedup.rows_affected())
     }
 
+    async fn probe_write(&self) -> Result<()> {
+        let (id, padding) = super::sql::probe_row();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query(super::sql::PROBE_INSERT)
+            .bind(&id)
+            .bind(&padding)
+            .bind(ms(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(super::sql::PROBE_DELETE)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -631,8 +663,9 @@ impl Store for PostgresStore {
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued> {
-        super::digest_sql::postgres::add_event(&self.pool, &new, dedup_window).await
+        super::digest_sql::postgres::add_event(&self.pool, &new, dedup_window, max_queued).await
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {

@@ -38,6 +38,42 @@ pub(super) fn claim_statements(placeholder: fn(u8) -> String, lock: &str) -> [St
     ]
 }
 
+/// Whether a writer connection handed back to its pool may be used again: only when sqlx's
+/// bookkeeping says no transaction is open. A database can end a transaction by itself
+/// (SQLite rolls back on SQLITE_FULL or SQLITE_IOERR during COMMIT; a PostgreSQL backend
+/// goes away); sqlx's `ROLLBACK` on drop then fails and its transaction depth stays at 1,
+/// so the next `begin()` would open a savepoint instead of a transaction and its "commit"
+/// would release that savepoint inside a transaction that is never committed — webhooks
+/// answered as stored while nothing was. A connection whose state is not known is closed
+/// (any transaction it holds is rolled back) and the pool opens a fresh one.
+pub(super) async fn state_known<C: sqlx::Connection>(conn: &mut C) -> sqlx::Result<bool> {
+    // The rollback of a dropped transaction is queued on the connection: wait for it.
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("closing a store connection whose transaction state is unknown");
+    }
+    Ok(clean)
+}
+
+/// The readiness probe, the same on both backends: in one committed transaction, a delivery
+/// row as large as a webhook's (so it needs new pages, fires any trigger, writes the log at
+/// commit like intake does) is inserted and deleted again, leaving nothing behind.
+/// Parameters: 1 a fresh id, 2 a padding draft, 3 now in ms.
+pub(super) const PROBE_INSERT: &str = "INSERT INTO deliveries \
+     (id, route, dedup_key, state, attempts, draft, created_at, updated_at) \
+     VALUES ($1, '', $1, 'ignored', 0, $2, $3, $3)";
+/// Removes the probe's row (parameter: its id).
+pub(super) const PROBE_DELETE: &str = "DELETE FROM deliveries WHERE id = $1";
+
+/// The probe's id and padding.
+pub(super) fn probe_row() -> (String, String) {
+    (
+        format!("probe-{}", uuid::Uuid::now_v7()),
+        "0".repeat(8 * 1024),
+    )
+}
+
 /// A database failure, as the store reports it.
 pub(super) fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(e.to_string())
@@ -78,19 +114,33 @@ where
         message,
     };
     let state_name = text("state")?;
-    let state =
+    let mut state =
         State::parse(&state_name).ok_or_else(|| corrupt(format!("state {state_name:?}")))?;
-    let draft =
-        serde_json::from_str(&text("draft")?).map_err(|e| corrupt(format!("draft: {e}")))?;
     let errcode = opt_number("last_errcode")?;
+    let mut last_error = opt_text("last_errmsg")?.map(|errmsg| LastError { errcode, errmsg });
+    let mut next_attempt_at = opt_number("next_attempt_at")?.map(from_ms);
+    // A draft this relay cannot read is shown (and, when claimed, stored) as failed with the
+    // reason; the row itself stays as it is for an operator.
+    let draft = match super::stored::decode_draft(&text("draft")?) {
+        Ok(draft) => draft,
+        Err(e) => {
+            state = State::Failed;
+            next_attempt_at = None;
+            last_error = Some(LastError {
+                errcode: None,
+                errmsg: format!("undecodable: draft: {e}"),
+            });
+            super::stored::undecodable_draft()
+        }
+    };
     Ok(Delivery {
         route: text("route")?,
         dedup_key: text("dedup_key")?,
         state,
         attempts: u32::try_from(number("attempts")?).unwrap_or(u32::MAX),
-        next_attempt_at: opt_number("next_attempt_at")?.map(from_ms),
+        next_attempt_at,
         sending_since: opt_number("sending_since")?.map(from_ms),
-        last_error: opt_text("last_errmsg")?.map(|errmsg| LastError { errcode, errmsg }),
+        last_error,
         report_id: opt_text("report_id")?,
         draft,
         created_at: from_ms(number("created_at")?),
@@ -111,9 +161,9 @@ where
 {
     let id: String = row.try_get(0).map_err(unavailable)?;
     let event: String = row.try_get(3).map_err(unavailable)?;
-    let event = serde_json::from_str(&event).map_err(|e| Error::Corrupt {
+    let event = super::stored::decode_event(&event).map_err(|e| Error::Corrupt {
         id: id.clone(),
-        message: format!("event: {e}"),
+        message: format!("undecodable: event: {e}"),
     })?;
     Ok(DigestEvent {
         route: row.try_get(1).map_err(unavailable)?,

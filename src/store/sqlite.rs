@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +16,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
 
+use super::file_watch::FileWatch;
 use super::sql::{COLUMNS, claim_statements, from_ms, millis, ms, row_to_delivery, unavailable};
 use super::{
     ClosedDigest, Delivery, DigestBuilder, DigestEvent, Enqueued, Error, LastError, NewDelivery,
@@ -23,9 +26,14 @@ use super::{
 /// The SQLite store.
 pub struct SqliteStore {
     writer: SqlitePool,
+    /// `PRAGMA max_page_count` for every writer connection, 0 for SQLite's own (see
+    /// [`SqliteStore::limit_pages`]).
+    page_limit: Arc<AtomicU64>,
     reader: SqlitePool,
     intake: mpsc::Sender<EnqueueRequest>,
     claim: [String; 2],
+    /// The file's identity and free space (`store.min_free_bytes`).
+    watch: Arc<FileWatch>,
 }
 
 /// One webhook waiting for the group commit.
@@ -42,12 +50,23 @@ const GROUP_COMMIT_MAX: usize = 256;
 /// Commits waiting webhooks in groups: one transaction (one fsync) for every webhook that
 /// arrived while the previous group was being written, so durable intake keeps up with
 /// concurrency. Each webhook is answered only after its group is committed.
-async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequest>) {
+async fn group_commit(
+    writer: SqlitePool,
+    mut intake: mpsc::Receiver<EnqueueRequest>,
+    watch: Arc<FileWatch>,
+) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut depth = DepthCache::default();
     while intake.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
         let requests = std::mem::take(&mut batch);
-        match commit_group(&writer, &requests, &mut depth).await {
+        // Committed into a file the path no longer names: gone with it, so not stored.
+        let committed = commit_group(&writer, &requests, &mut depth)
+            .await
+            .and_then(|results| match watch.vanished() {
+                Some(reason) => Err(Error::Unavailable(reason)),
+                None => Ok(results),
+            });
+        match committed {
             Ok(results) => {
                 for (request, result) in requests.into_iter().zip(results) {
                     let _ = request.reply.send(result);
@@ -55,8 +74,12 @@ async fn group_commit(writer: SqlitePool, mut intake: mpsc::Receiver<EnqueueRequ
             }
             Err(e) => {
                 tracing::error!(error = %e, webhooks = requests.len(), "committing webhooks failed");
+                let message = match e {
+                    Error::Unavailable(message) => message,
+                    other => other.to_string(),
+                };
                 for request in requests {
-                    let _ = request.reply.send(Err(unavailable(&e)));
+                    let _ = request.reply.send(Err(Error::Unavailable(message.clone())));
                 }
             }
         }
@@ -168,7 +191,7 @@ async fn commit_group(
             results.push(Err(Error::Full(depth)));
             continue;
         }
-        let draft = match serde_json::to_string(&new.draft) {
+        let draft = match super::stored::encode_draft(&new.draft) {
             Ok(d) => d,
             Err(e) => {
                 results.push(Err(unavailable(e)));
@@ -202,8 +225,15 @@ async fn commit_group(
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies the migrations.
+    /// Opens (creating if needed) the database at `path` and applies the migrations, with no
+    /// free-space floor.
     pub async fn open(path: &str) -> Result<Self> {
+        Self::open_with(path, 0).await
+    }
+
+    /// Opens the database at `path`; below `min_free_bytes` available on its filesystem
+    /// webhooks are refused (0: no floor).
+    pub async fn open_with(path: &str, min_free_bytes: u64) -> Result<Self> {
         if let Some(dir) = std::path::Path::new(path).parent()
             && !dir.as_os_str().is_empty()
         {
@@ -220,9 +250,23 @@ impl SqliteStore {
             // Statement journals and the group statements' temporary tables stay in memory:
             // as files, each group created, wrote and deleted one in /var/tmp.
             .pragma("temp_store", "memory");
+        let page_limit = Arc::new(AtomicU64::new(0));
+        let limit = page_limit.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                let pages = limit.load(Ordering::Relaxed);
+                Box::pin(async move {
+                    if pages > 0 {
+                        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .after_release(|conn, _| Box::pin(super::sql::state_known(conn)))
             .connect_with(options.clone())
             .await
             .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
@@ -242,14 +286,46 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
+        let watch = FileWatch::start(std::path::Path::new(path), min_free_bytes);
         let (intake, queue) = mpsc::channel(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(group_commit(writer.clone(), queue));
+        tokio::spawn(group_commit(writer.clone(), queue, watch.clone()));
         Ok(Self {
+            watch,
             writer,
+            page_limit,
             reader,
             intake,
             claim: claim_statements(|n| format!("?{n}"), ""),
         })
+    }
+}
+
+/// SQLite's own page limit (`max_page_count` cannot be unset, only raised back).
+const NO_PAGE_LIMIT: u64 = 4_294_967_294;
+
+impl SqliteStore {
+    /// Fault injection for tests: caps the database file at `pages` pages (`PRAGMA
+    /// max_page_count` on the writer connection, and on any it reopens), so that writes fail
+    /// with SQLITE_FULL as on a full disk; `None` lifts the cap. A cap below the file's size
+    /// holds it at its size.
+    pub async fn limit_pages(&self, pages: Option<u64>) -> Result<()> {
+        let pages = pages.unwrap_or(0);
+        self.page_limit.store(pages, Ordering::Relaxed);
+        let effective = if pages == 0 { NO_PAGE_LIMIT } else { pages };
+        sqlx::query(&format!("PRAGMA max_page_count = {effective}"))
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Pages the database file holds now.
+    pub async fn page_count(&self) -> Result<u64> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(pages).unwrap_or_default())
     }
 }
 
@@ -261,6 +337,9 @@ impl Store for SqliteStore {
         dedup_window: Duration,
         max_queued: u64,
     ) -> Result<Enqueued> {
+        if let Some(reason) = self.watch.refusal() {
+            return Err(Error::Unavailable(reason));
+        }
         let (reply, answer) = oneshot::channel();
         let request = EnqueueRequest {
             new,
@@ -302,7 +381,16 @@ impl Store for SqliteStore {
                 .await
                 .map_err(unavailable)?;
             for row in &rows {
-                claimed.push(row_to_delivery(row)?);
+                let delivery = row_to_delivery(row)?;
+                // A claimed row is delivering; one read back as failed has a draft this relay
+                // cannot read: record that, and never work it.
+                match (delivery.state, &delivery.last_error) {
+                    (State::Failed, Some(error)) => {
+                        tracing::error!(delivery_id = %delivery.id, error = %error.errmsg, "queued delivery is undecodable; marked failed");
+                        self.mark_failed(&delivery.id, error, from_ms(now)).await?;
+                    }
+                    _ => claimed.push(delivery),
+                }
             }
         }
         Ok(claimed)
@@ -502,6 +590,28 @@ impl Store for SqliteStore {
         Ok(deliveries.rows_affected() + dedup.rows_affected())
     }
 
+    async fn probe_write(&self) -> Result<()> {
+        let (id, padding) = super::sql::probe_row();
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        sqlx::query(super::sql::PROBE_INSERT)
+            .bind(&id)
+            .bind(&padding)
+            .bind(ms(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(super::sql::PROBE_DELETE)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.watch.refusal()
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
@@ -514,8 +624,18 @@ impl Store for SqliteStore {
         &self,
         new: NewDigestEvent,
         dedup_window: Duration,
+        max_queued: u64,
     ) -> Result<Enqueued> {
-        super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window).await
+        if let Some(reason) = self.watch.refusal() {
+            return Err(Error::Unavailable(reason));
+        }
+        let kept =
+            super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window, max_queued)
+                .await?;
+        match self.watch.vanished() {
+            Some(reason) => Err(Error::Unavailable(reason)),
+            None => Ok(kept),
+        }
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
@@ -534,5 +654,81 @@ impl Store for SqliteStore {
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
         super::digest_sql::sqlite::close(&self.writer, route, period_end, now, build).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TemplateSettings;
+    use crate::mapping::{DraftContent, ReportDraft};
+
+    fn delivery(n: usize, size: usize) -> NewDelivery {
+        NewDelivery {
+            id: format!("d{n}"),
+            route: "ci".to_owned(),
+            dedup_key: format!("key-{n}"),
+            draft: ReportDraft {
+                app: "default".to_owned(),
+                template: TemplateSettings {
+                    name: Some("日报".to_owned()),
+                    id: None,
+                    fields: None,
+                    owner: None,
+                },
+                author: "manager01".to_owned(),
+                to_userids: vec!["user01".to_owned()],
+                to_cids: Vec::new(),
+                to_chat: false,
+                dd_from: "dingtalk-relay".to_owned(),
+                contents: vec![DraftContent {
+                    field: "今日完成工作".to_owned(),
+                    content: "x".repeat(size),
+                }],
+            },
+            received_at: Utc::now(),
+        }
+    }
+
+    /// The state SQLite leaves when it rolls a transaction back by itself (SQLITE_FULL or
+    /// SQLITE_IOERR during COMMIT): the connection is in autocommit while sqlx still counts
+    /// the transaction open, because its `ROLLBACK` on drop fails. Before the writer pool
+    /// closed such connections, the next failed group left a savepoint open and every later
+    /// group "committed" into that never-committed transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_ended_by_sqlite_does_not_swallow_later_groups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        let store = SqliteStore::open(path.to_str().unwrap())
+            .await
+            .expect("open");
+        let window = Duration::from_secs(3600);
+        {
+            let mut tx = store.writer.begin().await.expect("begin");
+            sqlx::query("INSERT INTO dedup (key, delivery_id, created_at) VALUES ('k', 'd', 0)")
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+            // What SQLite does on its own after a failed COMMIT.
+            sqlx::query("ROLLBACK")
+                .execute(&mut *tx)
+                .await
+                .expect("rollback");
+        }
+        // A group that fails (SQLITE_FULL at statement level, rolled back by sqlx).
+        let pages = store.page_count().await.expect("pages");
+        store.limit_pages(Some(pages)).await.expect("limit");
+        let refused = store.enqueue(delivery(1, 50_000), window, 100).await;
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+        store.limit_pages(None).await.expect("unlimit");
+        // Later groups are committed: another connection sees them.
+        for n in 2..5 {
+            let answer = store.enqueue(delivery(n, 10), window, 100).await;
+            assert_eq!(answer.expect("enqueue"), Enqueued::Queued(format!("d{n}")));
+            assert!(
+                store.get(&format!("d{n}")).await.expect("get").is_some(),
+                "d{n} was answered queued but is not committed"
+            );
+        }
     }
 }

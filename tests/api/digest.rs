@@ -418,3 +418,42 @@ fn render_digest_folds_the_given_webhooks() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// Digest events count toward `store.max_queued`, and what is kept of each is cut to what a
+/// digest can show (a 200 KB commit message is not stored whole).
+#[tokio::test]
+async fn kept_events_are_bounded_and_cut() {
+    let app = spawn_app_with(TestConfig {
+        max_queued: 3,
+        max_body_bytes: 1 << 20,
+        ..config("route", "")
+    })
+    .await;
+    for n in 0..3 {
+        let mut body = run("build", "success", "octocat", n);
+        body["commit_message"] = json!("m".repeat(200_000));
+        keep(&app, &body).await;
+    }
+    let response = app
+        .post_hook("daily", &run("build", "success", "octocat", 9))
+        .await;
+    assert_eq!(
+        response.status(),
+        503,
+        "a fourth event was kept beyond max_queued"
+    );
+    assert!(response.headers().contains_key("retry-after"));
+    let kept = app.state.store.digest_events("daily").await.unwrap();
+    assert_eq!(kept.len(), 3);
+    for event in kept {
+        let dingtalk_relay::sources::Event::JobStatus(job) = event.event else {
+            panic!("a job_status was kept as something else");
+        };
+        let message = job.commit_message.unwrap_or_default();
+        assert_eq!(
+            message.chars().count(),
+            dingtalk_relay::mapping::MAX_CONTENT_CHARS
+        );
+    }
+    app.stop().await;
+}

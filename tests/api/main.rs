@@ -14,5 +14,6 @@ mod process;
 mod shared_limit;
 mod sources;
 mod store_contract;
+mod store_faults;
 mod token_cache;
 mod webhook;

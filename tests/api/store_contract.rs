@@ -123,6 +123,7 @@ contract!(
     digest_events_are_kept_once_per_key,
     close_digest_folds_the_period_once,
     a_failed_digest_build_changes_nothing,
+    digest_events_count_toward_max_queued,
 );
 
 contract!(
@@ -829,7 +830,7 @@ fn digest_event(id: &str, route: &str, at: DateTime<Utc>) -> NewDigestEvent {
 
 async fn keep(store: &Arc<dyn Store>, id: &str, route: &str, at: DateTime<Utc>) {
     let outcome = store
-        .add_digest_event(digest_event(id, route, at), WINDOW)
+        .add_digest_event(digest_event(id, route, at), WINDOW, ROOMY)
         .await
         .expect("add_digest_event");
     assert_eq!(outcome, Enqueued::Queued(id.to_owned()));
@@ -866,7 +867,11 @@ async fn digest_events_are_kept_once_per_key(store: Arc<dyn Store>) {
     keep(&store, "e22", "daily", t + secs(1)).await;
     keep(&store, "x1", "other", t + secs(2)).await;
     let again = store
-        .add_digest_event(digest_event("e1-again", "daily", t + secs(3)), WINDOW)
+        .add_digest_event(
+            digest_event("e1-again", "daily", t + secs(3)),
+            WINDOW,
+            ROOMY,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -876,7 +881,10 @@ async fn digest_events_are_kept_once_per_key(store: Arc<dyn Store>) {
     );
     let mut duplicate = digest_event("e9", "daily", t + secs(4));
     duplicate.dedup_key = "daily:key-e1".to_owned();
-    let outcome = store.add_digest_event(duplicate, WINDOW).await.unwrap();
+    let outcome = store
+        .add_digest_event(duplicate, WINDOW, ROOMY)
+        .await
+        .unwrap();
     assert_eq!(outcome, Enqueued::Duplicate("e1".to_owned()));
     // Keys are shared with deliveries: a delivery cannot reuse a digest event's key either.
     let outcome = store
@@ -1019,4 +1027,23 @@ async fn concurrent_closes_make_one_digest(store: Arc<dyn Store>) {
         "one delivery (one group), once"
     );
     assert!(store.digest_events("daily").await.unwrap().is_empty());
+}
+
+async fn digest_events_count_toward_max_queued(store: Arc<dyn Store>) {
+    let t = t0();
+    put(&store, "d1", t).await;
+    keep(&store, "e1", "daily", t).await;
+    // Two waiting (a delivery and an event): a third is refused, nothing of it kept.
+    let refused = store
+        .add_digest_event(digest_event("e2", "daily", t + secs(1)), WINDOW, 2)
+        .await;
+    assert!(matches!(refused, Err(Error::Full(2))), "{refused:?}");
+    let kept = store.digest_events("daily").await.unwrap();
+    assert_eq!(kept.len(), 1);
+    // Its key was not claimed: once there is room, the same event is kept.
+    let again = store
+        .add_digest_event(digest_event("e2", "daily", t + secs(2)), WINDOW, 3)
+        .await
+        .unwrap();
+    assert_eq!(again, Enqueued::Queued("e2".to_owned()));
 }
