@@ -50,6 +50,11 @@ impl Reloader {
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
     }
 
+    /// How this relay was started (the admin API's default depends on it).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// Loads, validates and swaps in the configuration. `Err` says why the old one stays.
     pub async fn reload(&self) -> Result<String, String> {
         let _one_at_a_time = self.busy.lock().await;
@@ -157,6 +162,12 @@ impl Application {
             if route.secret.is_none() {
                 tracing::warn!(route = %name, "route has no secret: anyone can post to it");
             }
+        }
+        if inbound::admin::admin_api_closed(&settings, mode) {
+            tracing::warn!(
+                admin_listen = %settings.server.admin_listen,
+                "server.admin_token is not set and the admin listener is not on a loopback address: /v1/* and /-/reload answer 403 until a token is set (anyone reaching the port could otherwise read report texts, retry deliveries and reload)"
+            );
         }
         let metrics = Metrics::new();
         let store = store::open(&settings.store.url)

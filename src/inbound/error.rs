@@ -53,6 +53,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403: the endpoint is closed by configuration; the message says how to open it.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 404 for an unknown route.
     pub fn route_not_found(route: &str) -> Self {
         Self::new(

@@ -129,7 +129,7 @@ fn security_schemes() -> Value {
         "adminToken": {
             "type": "http",
             "scheme": "bearer",
-            "description": "`Authorization: Bearer <server.admin_token>`; required by `/v1/*` and `/-/reload` on the admin listener when `server.admin_token` is set (otherwise they are open).",
+            "description": "`Authorization: Bearer <server.admin_token>`; required by `/v1/*` and `/-/reload` on the admin listener when `server.admin_token` is set (scheme in any case). Without a token they answer 403 in `serve` unless the admin listener is bound to a loopback address; `serve --sandbox` keeps them open.",
         },
     })
 }
@@ -416,6 +416,7 @@ fn list_deliveries_op() -> Value {
                 false,
             ),
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "503": {"$ref": "#/components/responses/Unavailable"},
         },
     })
@@ -431,6 +432,7 @@ fn get_delivery_op() -> Value {
         "responses": {
             "200": {"description": "The delivery.", "content": json_content("Delivery")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "404": {"$ref": "#/components/responses/DeliveryNotFound"},
             "503": {"$ref": "#/components/responses/Unavailable"},
         },
@@ -448,6 +450,7 @@ fn retry_delivery_op() -> Value {
         "responses": {
             "202": {"description": "Queued again.", "content": json_content("Queued")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "404": {"$ref": "#/components/responses/DeliveryNotFound"},
             "409": error_response(
                 "The delivery is not `failed` (only failed deliveries can be retried).",
@@ -477,6 +480,7 @@ fn preview_digest_op() -> Value {
         "responses": {
             "200": {"description": "The pending digest.", "content": json_content("DigestPreview")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "404": error_response("No route of that name, or the route has no digest.", &["not_found"], false),
             "500": error_response("The route's digest field template fails on the kept events (the events stay kept).", &["internal"], false),
             "503": {"$ref": "#/components/responses/Unavailable"},
@@ -552,6 +556,7 @@ fn reload_op() -> Value {
         "responses": {
             "200": {"description": "Reloaded.", "content": json_content("Reloaded")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "422": error_response(
                 "The new configuration was refused (the message says why); the old one keeps running. Also the answer when the relay was not started from a configuration file.",
                 &["invalid_config"],
@@ -594,6 +599,11 @@ fn shared_responses() -> Value {
         "AdminUnauthorized": error_response(
             "`server.admin_token` is set and the request lacks `Authorization: Bearer <token>` (or has another token).",
             &["unauthorized"],
+            false,
+        ),
+        "AdminClosed": error_response(
+            "`serve` runs without `server.admin_token` and the admin listener is not bound to a loopback address: `/v1/*` and `/-/reload` stay closed until a token is set (the message says how). `serve --sandbox` keeps them open.",
+            &["forbidden"],
             false,
         ),
         "DeliveryNotFound": error_response("No delivery with that id.", &["not_found"], false),

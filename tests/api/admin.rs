@@ -36,7 +36,7 @@ async fn unknown_delivery_is_404_with_the_error_shape() {
 #[tokio::test]
 async fn the_delivery_api_needs_the_admin_token_when_set() {
     let app = spawn_app_with(TestConfig {
-        admin_token: Some("adm1n"),
+        admin_token: Some("adm1n-t0ken-0123456789"),
         ..TestConfig::default()
     })
     .await;
@@ -50,7 +50,7 @@ async fn the_delivery_api_needs_the_admin_token_when_set() {
     let with_token = app
         .http
         .get(format!("{}/v1/deliveries/{id}", app.admin_address))
-        .bearer_auth("adm1n")
+        .bearer_auth("adm1n-t0ken-0123456789")
         .send()
         .await
         .unwrap();
@@ -70,6 +70,88 @@ async fn the_delivery_api_needs_the_admin_token_when_set() {
     }
     // Metrics and health stay open for scrapers and probes.
     assert_eq!(app.get_admin("/metrics").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_token_a_non_loopback_admin_listener_closes_the_api_but_not_the_probes() {
+    // Arrange: serve (production mode), no admin_token, admin listener on every address.
+    let app = spawn_app_with(TestConfig {
+        admin_listen: "0.0.0.0:0",
+        ..TestConfig::default()
+    })
+    .await;
+    let id = app.accept(&job_status()).await;
+
+    // Act / Assert: the API and reload answer 403 saying how to open them …
+    for response in [
+        app.get_admin(&format!("/v1/deliveries/{id}")).await,
+        app.get_admin("/v1/deliveries?state=failed").await,
+        app.get_admin("/v1/digests/ci").await,
+        app.http
+            .post(format!("{}/v1/deliveries/{id}/retry", app.admin_address))
+            .send()
+            .await
+            .unwrap(),
+        app.http
+            .post(format!("{}/-/reload", app.admin_address))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(response.status(), 403);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("server.admin_token") && message.contains("ADMIN_TOKEN"),
+            "{message}"
+        );
+        assert!(!message.contains("route-s3cret"), "{message}");
+    }
+    // … while metrics and the probes stay open.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(app.get_admin(path).await.status(), 200, "{path}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case_and_near_miss_tokens_are_refused() {
+    let token = "adm1n-t0ken-0123456789";
+    let app = spawn_app_with(TestConfig {
+        admin_token: Some(token),
+        admin_listen: "0.0.0.0:0",
+        ..TestConfig::default()
+    })
+    .await;
+    let id = app.accept(&job_status()).await;
+    let get = |authorization: String| {
+        let request = app
+            .http
+            .get(format!("{}/v1/deliveries/{id}", app.admin_address));
+        async move {
+            request
+                .header("authorization", authorization)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        assert_eq!(get(format!("{scheme} {token}")).await, 200, "{scheme}");
+    }
+    let longer = format!("{token}x");
+    for wrong in [
+        &token[..token.len() - 1],
+        longer.as_str(),
+        "adm1n-t0ken-0123456788",
+        "",
+    ] {
+        assert_eq!(get(format!("Bearer {wrong}")).await, 401, "{wrong:?}");
+    }
+    assert_eq!(get(format!("Basic {token}")).await, 401);
     app.stop().await;
 }
 
@@ -173,7 +255,7 @@ async fn an_unreachable_store_answers_503_and_readyz_says_why() {
 async fn reload_swaps_a_good_configuration_and_keeps_the_old_one_when_bad() {
     // Arrange: the app reloads from a file holding its own configuration.
     let config = TestConfig {
-        admin_token: Some("adm1n"),
+        admin_token: Some("adm1n-t0ken-0123456789"),
         ..TestConfig::default()
     };
     let (fake, base_url) = dingtalk_relay::sandbox::FakeDingTalk::spawn(config.fake.clone())
@@ -187,7 +269,7 @@ async fn reload_swaps_a_good_configuration_and_keeps_the_old_one_when_bad() {
     let reload = || async {
         app.http
             .post(format!("{}/-/reload", app.admin_address))
-            .bearer_auth("adm1n")
+            .bearer_auth("adm1n-t0ken-0123456789")
             .send()
             .await
             .unwrap()
