@@ -349,6 +349,9 @@ impl Mapper {
         {
             return Ok(Mapped::Ignored { reason });
         }
+        if let Some(reason) = self.refused_identity(event) {
+            return Ok(Mapped::Ignored { reason });
+        }
         // Who the event is about, how to say it when they have no userid, and the context.
         let (person, unmapped) = self.person(event);
         let (ctx, builtins) = match event {
@@ -409,8 +412,8 @@ impl Mapper {
                 let actor = job.actor.as_deref();
                 let email = job.actor_email.as_deref();
                 let person = actor
-                    .and_then(|a| self.userid(a))
-                    .or_else(|| email.and_then(|e| self.userid(e)));
+                    .and_then(|a| self.known_identity(a))
+                    .or_else(|| email.and_then(|e| self.known_identity(e)));
                 let unmapped = match (actor, email) {
                     (Some(a), Some(e)) => {
                         format!("actor {a:?} ({e}) has no DingTalk userid in users")
@@ -422,10 +425,13 @@ impl Mapper {
                 (person, unmapped)
             }
             Event::Standup(standup) => {
+                // A claimed userid that `users` does not know never gets here (see
+                // `refused_identity`).
                 let person = standup
                     .userid
                     .as_deref()
-                    .or_else(|| standup.user.as_deref().and_then(|u| self.userid(u)));
+                    .and_then(|u| self.known_identity(u))
+                    .or_else(|| standup.user.as_deref().and_then(|u| self.known_identity(u)));
                 let unmapped = match standup.user.as_deref() {
                     Some(u) => format!("user {u:?} has no DingTalk userid in users"),
                     None => "the standup names no user".to_owned(),
@@ -443,6 +449,9 @@ impl Mapper {
         if let Event::JobStatus(job) = event
             && let Some(reason) = filter(route, compiled, job)
         {
+            return Ok(Admitted::Ignored { reason });
+        }
+        if let Some(reason) = self.refused_identity(event) {
             return Ok(Admitted::Ignored { reason });
         }
         let group_by = rs.digest.as_ref().map(|d| d.group_by).unwrap_or_default();
@@ -603,6 +612,37 @@ impl Mapper {
             }
         }
         to_userids
+    }
+
+    /// Why an event is refused for the identity it claims: a standup's `userid` is used as
+    /// the report's author and receiver, so one that is neither a key nor a value of `users`
+    /// would let a sender write or address a report as anyone.
+    fn refused_identity(&self, event: &Event) -> Option<String> {
+        match event {
+            Event::Standup(standup) => standup
+                .userid
+                .as_deref()
+                .filter(|claimed| self.known_identity(claimed).is_none())
+                .map(|claimed| {
+                    format!(
+                        "userid {claimed:?} is neither a key nor a value of users; only people listed there can be named"
+                    )
+                }),
+            Event::JobStatus(_) => None,
+        }
+    }
+
+    /// The DingTalk userid an event's identity stands for: the value of `users` under it (a
+    /// login or e-mail, case-insensitive), or the identity itself when it is one of the
+    /// values. Anything else is no one.
+    fn known_identity(&self, identity: &str) -> Option<&str> {
+        self.userid(identity).or_else(|| {
+            let identity = identity.trim();
+            self.users
+                .values()
+                .find(|userid| userid.as_str() == identity)
+                .map(String::as_str)
+        })
     }
 
     /// The DingTalk userid of a CI login or e-mail (case-insensitive), from `users`.
