@@ -33,6 +33,8 @@ pub struct Application {
 
 /// Re-reads the configuration and swaps it in when it is valid; a bad one keeps the old
 /// configuration running, is logged and counted (`dingtalk_relay_config_reloads_total`).
+/// Reloads run one at a time, and the new DingTalk client takes over the old one's tokens,
+/// templates, pauses and call spacing ([`DingTalkClient::inherit`]).
 pub struct Reloader {
     file: std::sync::Mutex<Option<Option<PathBuf>>>,
     mode: Mode,
@@ -110,7 +112,9 @@ impl Reloader {
             self.metrics.clone(),
             self.shared_limit.clone(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .inherit(&settings.dingtalk, &current.client, &old.dingtalk)
+        .await;
         check_templates(&settings, &client)
             .await
             .map_err(|e| format!("{e:#}"))?;

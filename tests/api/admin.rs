@@ -352,3 +352,119 @@ async fn reload_swaps_a_good_configuration_and_keeps_the_old_one_when_bad() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn reloads_keep_tokens_templates_and_pauses_and_run_one_at_a_time() {
+    // Arrange: a relay that reloads from a file holding its own configuration, with a token
+    // and the 日报 template cached by startup and a first delivery.
+    // (The admin listener is on loopback, so no token is needed.)
+    let config = TestConfig::default();
+    let (fake, base_url) = dingtalk_relay::sandbox::FakeDingTalk::spawn(config.fake.clone())
+        .await
+        .unwrap();
+    let yaml = settings_yaml(&config, &base_url);
+    let app = spawn_app_on(config, fake, base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    app.state.reloader.set_config_file(Some(file.clone()));
+    let id = app.accept(&job_status()).await;
+    app.wait_for_state(&id, "delivered").await;
+    let (tokens, templates) = (app.fake.gettoken_calls(), app.fake.getbyname_calls());
+    assert_eq!((tokens, templates), (1, 1));
+    let reload = || async {
+        app.http
+            .post(format!("{}/-/reload", app.admin_address))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+
+    // Act 1: 50 reloads, ten at a time.
+    for _ in 0..5 {
+        let statuses = futures::future::join_all((0..10).map(|_| reload())).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+
+    // Assert 1: no metered call was spent, and the cached token still delivers.
+    assert_eq!(app.fake.gettoken_calls(), tokens);
+    assert_eq!(app.fake.getbyname_calls(), templates);
+    let id = app.accept(&job_status_n(1)).await;
+    app.wait_for_state(&id, "delivered").await;
+    assert_eq!(app.fake.gettoken_calls(), tokens);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_config_reloads_total",
+            &[("outcome", "ok")]
+        ),
+        50.0
+    );
+
+    // Act 2: the monthly quota runs out, then the operator reloads.
+    app.fake
+        .push_create_fault(dingtalk_relay::sandbox::Fault::Errcode(90020));
+    let id = app.accept(&job_status_n(2)).await;
+    let paused = || async {
+        metric_value(
+            &app.metrics().await,
+            "dingtalk_relay_dingtalk_paused",
+            &[("app", "default"), ("reason", "quota_exhausted")],
+        ) == 1.0
+    };
+    assert!(poll_until(std::time::Duration::from_secs(10), paused).await);
+    let creates = app.fake.create_calls();
+    assert_eq!(reload().await, 200);
+
+    // Assert 2: the pause is still in force: said by /readyz and the gauge, and a new
+    // webhook is not sent.
+    let ready: Value = app.get_admin("/readyz").await.json().await.unwrap();
+    assert!(
+        ready["warnings"].to_string().contains("quota_exhausted"),
+        "{ready}"
+    );
+    assert!(paused().await);
+    let second = app.accept(&job_status_n(3)).await;
+    let waiting = app.delivery(&second).await;
+    assert_ne!(waiting["state"], "delivered", "{waiting}");
+    assert_eq!(app.fake.create_calls(), creates);
+    assert_ne!(app.delivery(&id).await["state"], "delivered");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_an_apps_secret_drops_its_cached_token() {
+    let config = TestConfig::default();
+    let (fake, base_url) = dingtalk_relay::sandbox::FakeDingTalk::spawn(config.fake.clone())
+        .await
+        .unwrap();
+    let yaml = settings_yaml(&config, &base_url);
+    let secret = config.fake.app_secret.clone();
+    let app = spawn_app_on(config, fake, base_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.yaml");
+    app.state.reloader.set_config_file(Some(file.clone()));
+    assert_eq!(app.fake.gettoken_calls(), 1);
+
+    // Act: the secret changes (rotated to one DingTalk does not know).
+    let rotated = yaml.replace(
+        &format!("app_secret: \"{secret}\""),
+        "app_secret: \"rotated-secret\"",
+    );
+    assert_ne!(rotated, yaml);
+    std::fs::write(&file, &rotated).unwrap();
+    let answer = app
+        .http
+        .post(format!("{}/-/reload", app.admin_address))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert: the old token is not used with the new credentials; the lookup is made again.
+    // (A refused secret does not stop a reload: deliveries wait until it is fixed.)
+    assert_eq!(answer.status(), 200);
+    assert_eq!(app.fake.gettoken_calls(), 2);
+    app.stop().await;
+}
