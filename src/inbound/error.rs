@@ -100,6 +100,19 @@ impl ApiError {
         )
     }
 
+    /// 408: a body that needs its signature checked took longer than
+    /// `server.body_read_timeout` to arrive.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body took longer than server.body_read_timeout ({}) to arrive",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
     /// 503 with `Retry-After`.
     pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
         Self {
