@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, OriginalUri, Path, RawQuery, State};
+use axum::extract::{Extension, OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -171,7 +171,6 @@ fn route_param(route: &Result<Path<String>, PathRejection>) -> &str {
 async fn receive_webhook(
     State(state): State<AppState>,
     route: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
     OriginalUri(uri): OriginalUri,
     Extension(unverified): Extension<UnverifiedReads>,
     headers: HeaderMap,
@@ -193,7 +192,6 @@ async fn receive_webhook(
         &runtime,
         &route_name,
         &target,
-        query.as_deref(),
         &headers,
         body,
         &unverified,
@@ -234,7 +232,6 @@ async fn handle(
     runtime: &Runtime,
     route_name: &str,
     target: &str,
-    query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
     unverified: &UnverifiedReads,
@@ -298,7 +295,7 @@ async fn handle(
             .check(route_name, limit)
             .map_err(ApiError::rate_limited)?;
     }
-    let wait = parse_wait(query)?;
+    let wait = parse_wait(target.split_once('?').map(|(_, query)| query))?;
     let (draft, truncated, dedup_key) =
         match prepare(settings, &runtime.mapper, route_name, &request)? {
             Prepared::Ignored(reason) => {
