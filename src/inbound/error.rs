@@ -113,6 +113,18 @@ impl ApiError {
         )
     }
 
+    /// 422: rendering this payload into `field` used up the template's fuel (too much input
+    /// for the template); nothing is stored.
+    pub fn render_limit(route: &str, field: String) -> Self {
+        Self {
+            message: format!(
+                "routes.{route}.fields.{field}: this payload is too large for the field's template (rendering ran out of fuel); send fewer or shorter items"
+            ),
+            field: Some(field),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "render_limit", "")
+        }
+    }
+
     /// 503 with `Retry-After`.
     pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
         Self {

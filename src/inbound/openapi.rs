@@ -30,6 +30,9 @@ pub const ERROR_CODES: &[&str] = &[
     "unavailable",
     "rate_limited",
     "internal",
+    "forbidden",
+    "body_timeout",
+    "render_limit",
 ];
 
 /// Delivery states as the admin API names them.
@@ -209,7 +212,7 @@ fn webhook_path() -> Value {
                     ]}}},
                 },
                 "400": error_response(
-                    "The payload is not what the route's source expects (`invalid_payload`, naming the field when there is one), or `?wait=` is not a whole number 0–30 (`bad_request`, field `wait`). Nothing is stored.",
+                    "The payload is not what the route's source expects (`invalid_payload`, naming the field when there is one; a standup list over 100 items is one), the body is broken on the wire (a malformed chunked encoding), or `?wait=` is not a whole number 0–30 (`bad_request`, field `wait`). Nothing is stored.",
                     &["invalid_payload", "bad_request"],
                     false,
                 ),
@@ -217,6 +220,11 @@ fn webhook_path() -> Value {
                 "404": error_response(
                     "No route of that name is configured (`route_not_found`; checked first).",
                     &["route_not_found"],
+                    false,
+                ),
+                "408": error_response(
+                    "The body of a webhook that can only be authenticated by a signature over it took longer than `server.body_read_timeout` to arrive. Nothing is stored.",
+                    &["body_timeout"],
                     false,
                 ),
                 "413": error_response(
@@ -227,6 +235,11 @@ fn webhook_path() -> Value {
                 "415": error_response(
                     "`Content-Type` is present and neither `application/json` nor `application/*+json`.",
                     &["unsupported_media_type"],
+                    false,
+                ),
+                "422": error_response(
+                    "Rendering this payload used up the field template's fuel (a route template looping over a long list); `field` names the template field. Nothing is stored.",
+                    &["render_limit"],
                     false,
                 ),
                 "429": error_response(
@@ -608,7 +621,7 @@ fn shared_responses() -> Value {
         ),
         "DeliveryNotFound": error_response("No delivery with that id.", &["not_found"], false),
         "Unavailable": error_response(
-            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries, or (webhooks) `server.max_concurrent_requests` requests are already in progress, or (webhooks) the request took longer than `server.request_timeout`; nothing was accepted unless the time ran out after storing (a retry then answers `200 duplicate`). Try again after `Retry-After` seconds.",
+            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries, or (webhooks) `server.max_concurrent_requests` requests are already in progress or `server.max_unverified_requests` bodies awaiting their signature check are being read, or (webhooks) the request took longer than `server.request_timeout`; nothing was accepted unless the time ran out after storing (a retry then answers `200 duplicate`). Try again after `Retry-After` seconds.",
             &["unavailable"],
             true,
         ),

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::ApiError;
 use crate::config::{RouteSettings, Settings};
 use crate::delivery::{Outcome, final_outcome};
-use crate::mapping::{Admitted, Mapped, Mapper, ReportDraft};
+use crate::mapping::{Admitted, Mapped, Mapper, MappingError, ReportDraft};
 use crate::sources;
 use crate::state::{AppState, Runtime};
 use crate::store::{self, Enqueued, NewDelivery, NewDigestEvent};
@@ -94,6 +94,7 @@ pub fn prepare(
             truncated,
             dedup_key: dedup_key(route_name, route, request),
         }),
+        Err(MappingError::OutOfFuel { route, field }) => Err(ApiError::render_limit(&route, field)),
         Err(e) => {
             tracing::error!(error = %e, "mapping failed");
             Err(ApiError::internal(format!(
@@ -209,6 +210,7 @@ async fn receive_webhook(
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
                 StatusCode::TOO_MANY_REQUESTS => "rate_limited",
                 StatusCode::REQUEST_TIMEOUT => "body_timeout",
+                StatusCode::UNPROCESSABLE_ENTITY => "render_limit",
                 _ => "error",
             };
             if error.status.is_server_error() {

@@ -130,6 +130,15 @@ pub enum MappingError {
         /// The template engine's message.
         message: String,
     },
+    /// A field template used up its rendering budget (`fuel`) on this event: the payload is
+    /// too much for the template (a loop over a long list), not a broken template.
+    #[error("routes.{route}.fields.{field}: rendering ran out of fuel on this payload")]
+    OutOfFuel {
+        /// Route name.
+        route: String,
+        /// Field name.
+        field: String,
+    },
 }
 
 /// The visible marker that ends a content cut at [`MAX_CONTENT_CHARS`]; it counts toward the
@@ -730,10 +739,16 @@ fn render_fields<S: Serialize>(
         let text = env
             .get_template(name)
             .and_then(|t| t.render(ctx))
-            .map_err(|e| MappingError::Render {
-                route: route.to_owned(),
-                field: field.clone(),
-                message: describe(&e),
+            .map_err(|e| match e.kind() {
+                minijinja::ErrorKind::OutOfFuel => MappingError::OutOfFuel {
+                    route: route.to_owned(),
+                    field: field.clone(),
+                },
+                _ => MappingError::Render {
+                    route: route.to_owned(),
+                    field: field.clone(),
+                    message: describe(&e),
+                },
             })?;
         let text = hard_breaks(text.trim());
         if !text.is_empty() {
