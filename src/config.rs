@@ -123,6 +123,16 @@ pub struct ServerSettings {
     /// Most webhook requests in progress at once; more get 503 with `Retry-After` at once.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Longest time the body of a webhook whose credential is a signature over the body may
+    /// take to arrive (it is read before the sender is known); then 408. Header credentials
+    /// are checked before the body is read and are bounded by `request_timeout` only.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most webhook bodies read at once before their signature can be checked; more get 503
+    /// with `Retry-After` at once, so that unauthenticated uploads cannot take the capacity
+    /// (`max_concurrent_requests`) that authenticated senders need. Changing it needs a restart.
+    #[serde(default = "default_max_unverified_requests")]
+    pub max_unverified_requests: usize,
 }
 
 /// `routes.<name>.rate_limit`: a token bucket for the route's authenticated webhooks; beyond
@@ -543,6 +553,12 @@ fn default_header_read_timeout() -> Duration {
 fn default_max_concurrent_requests() -> usize {
     1024
 }
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_unverified_requests() -> usize {
+    64
+}
 fn default_base_url() -> String {
     "https://oapi.dingtalk.com".to_owned()
 }
@@ -607,6 +623,9 @@ fn default_digest_max_lines() -> usize {
 fn default_digest_grace() -> Duration {
     Duration::from_secs(6 * 3600)
 }
+
+/// The shortest `server.admin_token` accepted, in characters.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// The longest duration any setting accepts (ten years).
 pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
@@ -837,18 +856,33 @@ impl Settings {
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
         ] {
             if value.is_zero() {
                 push(key.to_owned(), "must be greater than 0".to_owned());
             }
         }
-        if let Some(token) = &self.server.admin_token
-            && token.expose().is_empty()
-        {
+        if self.server.max_unverified_requests == 0 {
             push(
-                "server.admin_token".to_owned(),
-                "is empty; leave it out or set a token".to_owned(),
+                "server.max_unverified_requests".to_owned(),
+                "must be at least 1".to_owned(),
             );
+        }
+        if let Some(token) = &self.server.admin_token {
+            let token = token.expose();
+            if token.trim().is_empty() {
+                push(
+                    "server.admin_token".to_owned(),
+                    "is empty or only whitespace; leave it out or set a token".to_owned(),
+                );
+            } else if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                push(
+                    "server.admin_token".to_owned(),
+                    format!(
+                        "is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a long random token (e.g. openssl rand -hex 32)"
+                    ),
+                );
+            }
         }
         if !(self.dingtalk.base_url.starts_with("http://")
             || self.dingtalk.base_url.starts_with("https://"))
@@ -937,6 +971,7 @@ impl Settings {
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
             ("dingtalk.timeout", self.dingtalk.timeout),
             (
                 "dingtalk.token_refresh_margin",
@@ -1015,10 +1050,11 @@ impl Settings {
             );
         }
         match &route.secret {
-            Some(secret) if secret.expose().is_empty() => {
+            Some(secret) if secret.expose().trim().is_empty() => {
                 push(
                     format!("{path}.secret"),
-                    "is empty; leave it out with insecure: true, or set a secret".to_owned(),
+                    "is empty or only whitespace; leave it out with insecure: true, or set a secret"
+                        .to_owned(),
                 );
             }
             None if !route.insecure && mode == Mode::Production => push(
@@ -1721,6 +1757,42 @@ routes:
             "{:?}",
             s.issues(Mode::Sandbox)
         );
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_naming_the_key() {
+        // (server.admin_token, routes.ci.secret, the paths that must be named)
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "\"   \"",
+                "\" \\t \"",
+                &["server.admin_token", "routes.ci.secret"],
+            ),
+            ("\"\"", "\"\"", &["server.admin_token", "routes.ci.secret"]),
+            ("\"short-token\"", "\"s3cret\"", &["server.admin_token"]),
+            ("\"exactly-16-chars\"", "\"s3cret\"", &[]),
+            ("~", "\"s3cret\"", &[]),
+        ];
+        for (token, secret, expected) in cases {
+            let yaml = BASE
+                .replace(
+                    "    secret: \"s3cret\"\n",
+                    &format!("    secret: {secret}\n"),
+                )
+                .replace(
+                    "admin_listen: \"127.0.0.1:8081\"}",
+                    &format!("admin_listen: \"127.0.0.1:8081\", admin_token: {token}}}"),
+                );
+            let s = Settings::from_yaml(&yaml).unwrap();
+            let issues = s.issues(Mode::Production);
+            for path in ["server.admin_token", "routes.ci.secret"] {
+                assert_eq!(
+                    issues.iter().any(|i| i.path == path),
+                    expected.contains(&path),
+                    "{token} {secret}: {issues:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Application {
 
 /// Re-reads the configuration and swaps it in when it is valid; a bad one keeps the old
 /// configuration running, is logged and counted (`dingtalk_relay_config_reloads_total`).
+/// Reloads run one at a time, and the new DingTalk client takes over the old one's tokens,
+/// templates, pauses and call spacing ([`DingTalkClient::inherit`]).
 pub struct Reloader {
     file: std::sync::Mutex<Option<Option<PathBuf>>>,
     mode: Mode,
@@ -48,6 +50,11 @@ impl Reloader {
     /// `--config path`. Without it (settings built in code) a reload is refused.
     pub fn set_config_file(&self, file: Option<PathBuf>) {
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+    }
+
+    /// How this relay was started (the admin API's default depends on it).
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// Loads, validates and swaps in the configuration. `Err` says why the old one stays.
@@ -109,7 +116,9 @@ impl Reloader {
             self.metrics.clone(),
             self.shared_limit.clone(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .inherit(&settings.dingtalk, &current.client, &old.dingtalk)
+        .await;
         check_templates(&settings, &client)
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -161,6 +170,12 @@ impl Application {
             if route.secret.is_none() {
                 tracing::warn!(route = %name, "route has no secret: anyone can post to it");
             }
+        }
+        if inbound::admin::admin_api_closed(&settings, mode) {
+            tracing::warn!(
+                admin_listen = %settings.server.admin_listen,
+                "server.admin_token is not set and the admin listener is not on a loopback address: /v1/* and /-/reload answer 403 until a token is set (anyone reaching the port could otherwise read report texts, retry deliveries and reload)"
+            );
         }
         let metrics = Metrics::new();
         metrics.track(&settings);

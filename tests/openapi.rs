@@ -51,6 +51,9 @@ const NOT_EXERCISED: &[(&str, &str, u16)] = &[
     // Digest templates are checked against samples at startup; one that fails only on some
     // real events is the same code path as the webhook's 500, which is exercised.
     ("get", "/v1/digests/{route}", 500),
+    // Needs a body that stalls mid-upload, which reqwest (without its stream feature) cannot
+    // send; `tests/api/limits.rs` produces it over raw TCP.
+    ("post", "/v1/hooks/{route}", 408),
 ];
 
 const METHODS: &[&str] = &[
@@ -124,6 +127,13 @@ routes:
     template: {{name: "日报"}}
     author: "manager01"
     rate_limit: {{per_second: 0.01, burst: 1}}
+  hungry:
+    source: generic
+    insecure: true
+    template: {{name: "日报"}}
+    author: "manager01"
+    fields:
+      今日完成工作: "{{% for a in done %}}{{% for b in done %}}{{% for c in done %}}.{{% endfor %}}{{% endfor %}}{{% endfor %}}"
   explode:
     source: generic
     insecure: true
@@ -134,6 +144,15 @@ routes:
 "#,
         app_key = options.app_key,
         app_secret = options.app_secret,
+    )
+}
+
+/// [`yaml`] for a production relay with no admin token and the admin listener on every
+/// address.
+fn relay_yaml_without_token_off_loopback() -> String {
+    yaml("http://127.0.0.1:9", "null", 1000, "1h").replace(
+        "admin_listen: \"127.0.0.1:0\"",
+        "admin_listen: \"0.0.0.0:0\"",
     )
 }
 
@@ -828,6 +847,12 @@ async fn every_endpoint_answers_as_documented() {
     boom["summary"] = json!("boom");
     doc.expect(post, hook, relay.hook("explode").body(bytes(&boom)), 500)
         .await;
+    let many: Vec<String> = (0..100).map(|i| format!("item {i}")).collect();
+    let standup = json!({"type": "standup", "user": "octocat", "done": many});
+    let hungry = doc
+        .expect(post, hook, relay.hook("hungry").body(bytes(&standup)), 422)
+        .await;
+    assert_eq!(hungry["error"]["field"], "今日完成工作");
     // A digest route keeps the event for its digest.
     let kept = doc
         .expect(post, hook, relay.hook("daily").body(bytes(&job(12))), 202)
@@ -984,6 +1009,28 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     assert_eq!(not_ready["status"], "not_ready");
     sandbox.stop().await;
+
+    // A production relay without an admin token whose admin listener is not on loopback
+    // keeps the admin API closed.
+    let closed = Relay::start(relay_yaml_without_token_off_loopback(), Mode::Production).await;
+    for (method, path, target) in [
+        ("get", "/v1/deliveries", "/v1/deliveries"),
+        ("get", "/v1/deliveries/{id}", "/v1/deliveries/x"),
+        (
+            "post",
+            "/v1/deliveries/{id}/retry",
+            "/v1/deliveries/x/retry",
+        ),
+        ("get", "/v1/digests/{route}", "/v1/digests/daily"),
+        ("post", "/-/reload", "/-/reload"),
+    ] {
+        let request = closed
+            .http
+            .request(method.parse().unwrap(), format!("{}{target}", closed.admin));
+        let answer = doc.expect(method, path, request, 403).await;
+        assert_eq!(answer["error"]["code"], "forbidden");
+    }
+    closed.stop().await;
 
     // Every documented answer was produced, except those listed as not reproducible here.
     let seen = doc.seen.lock().unwrap().clone();

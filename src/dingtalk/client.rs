@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 struct App {
     app_key: String,
     app_secret: Option<Secret>,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
 }
 
 /// A pause of calls to DingTalk.
@@ -40,7 +40,7 @@ const EVERY_APP: &str = "*";
 const IP_BAN_WAIT: Duration = Duration::from_secs(300);
 
 struct Inner {
-    pauses: std::sync::Mutex<HashMap<String, Pause>>,
+    pauses: Arc<std::sync::Mutex<HashMap<String, Pause>>>,
     http: reqwest::Client,
     base_url: String,
     apps: HashMap<String, App>,
@@ -94,19 +94,19 @@ impl DingTalkClient {
                     App {
                         app_key: app.app_key.clone(),
                         app_secret: app.app_secret.clone(),
-                        limiter: match &shared {
+                        limiter: Arc::new(match &shared {
                             Some(shared) => {
                                 RateLimiter::shared(settings.max_qps, shared.clone(), &app.app_key)
                             }
                             None => RateLimiter::new(settings.max_qps),
-                        },
+                        }),
                     },
                 )
             })
             .collect();
         Ok(Self {
             inner: Arc::new(Inner {
-                pauses: std::sync::Mutex::new(HashMap::new()),
+                pauses: Arc::default(),
                 http,
                 base_url: settings.base_url.trim_end_matches('/').to_owned(),
                 apps,
@@ -373,6 +373,83 @@ impl DingTalkClient {
             }
             Err(_) => {}
         }
+    }
+
+    /// This client (just built for `settings`, after a configuration reload) takes over what
+    /// `previous` (built for `previous_settings`) learned, so that a reload neither spends
+    /// metered calls nor lifts a pause: the token and template caches and the pauses are
+    /// shared, and so is the report/create spacing, except for apps whose key or secret
+    /// changed (their tokens, templates and credential pauses are dropped). A new `base_url` is another DingTalk: nothing is kept.
+    /// A new `template_cache_ttl` starts an empty template cache.
+    pub async fn inherit(
+        mut self,
+        settings: &DingTalkSettings,
+        previous: &DingTalkClient,
+        previous_settings: &DingTalkSettings,
+    ) -> Self {
+        if settings.base_url.trim_end_matches('/')
+            != previous_settings.base_url.trim_end_matches('/')
+        {
+            return self;
+        }
+        let Some(inner) = Arc::get_mut(&mut self.inner) else {
+            // Only a client nobody else holds yet can take over; one that is shared keeps its own.
+            return self;
+        };
+        let old = &previous.inner;
+        inner.tokens = old.tokens.clone();
+        inner.pauses = old.pauses.clone();
+        if settings.template_cache_ttl == previous_settings.template_cache_ttl {
+            inner.templates = old.templates.clone();
+        }
+        // The spacing of report/create calls goes on too: a reload must not allow a burst.
+        if settings.max_qps == previous_settings.max_qps {
+            for (name, app) in &mut inner.apps {
+                if let Some(before) = old.apps.get(name)
+                    && before.app_key == app.app_key
+                {
+                    app.limiter = before.limiter.clone();
+                }
+            }
+        }
+        let changed: Vec<&String> = old
+            .apps
+            .iter()
+            .filter(|(name, app)| {
+                inner.apps.get(*name).is_none_or(|now| {
+                    now.app_key != app.app_key
+                        || now.app_secret.as_ref().map(Secret::expose)
+                            != app.app_secret.as_ref().map(Secret::expose)
+                })
+            })
+            .map(|(name, _)| name)
+            .collect();
+        for app in changed {
+            inner.tokens.forget(app).await;
+            let stale: Vec<_> = inner
+                .templates
+                .iter()
+                .filter(|(key, _)| &key.0 == app)
+                .map(|(key, _)| key)
+                .collect();
+            for key in stale {
+                inner.templates.invalidate(&*key).await;
+            }
+            let mut pauses = inner.pauses.lock().unwrap_or_else(|p| p.into_inner());
+            // New credentials may be accepted; a spent quota or an IP ban stays.
+            if pauses
+                .get(app)
+                .is_some_and(|p| p.reason == "credentials_refused")
+                && let Some(p) = pauses.remove(app)
+            {
+                inner
+                    .metrics
+                    .dingtalk_paused
+                    .with_label_values(&[app, p.reason])
+                    .set(0);
+            }
+        }
+        self
     }
 
     /// Forgets cached tokens and templates (after a configuration reload).

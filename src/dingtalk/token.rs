@@ -80,6 +80,11 @@ impl TokenCache {
         }
     }
 
+    /// Drops the app's token whatever it is (its credentials changed).
+    pub(crate) async fn forget(&self, app: &str) {
+        self.cache.invalidate(app).await;
+    }
+
     /// Drops every token (configuration reload).
     pub(crate) fn clear(&self) {
         self.cache.invalidate_all();

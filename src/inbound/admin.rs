@@ -1,6 +1,7 @@
 //! The admin listener's handlers: metrics, health, readiness, the delivery API, the digest
 //! preview, the sandbox's report list, and `POST /-/reload`. `/v1/*` and `/-/reload` need
-//! `server.admin_token` when it is set.
+//! `server.admin_token` when it is set, and are closed in `serve` without one unless the admin
+//! listener is bound to a loopback address.
 
 use axum::Json;
 use axum::Router;
@@ -13,9 +14,11 @@ use axum::routing::{get, post};
 use chrono::SecondsFormat;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::config::{Mode, Settings};
 use crate::state::AppState;
 use crate::store::{Delivery, State as DeliveryState};
 
@@ -42,26 +45,55 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .merge(api)
 }
 
+/// Guards `/v1/*` and `/-/reload`: with `server.admin_token` set, the request must carry it
+/// (`Authorization: Bearer`, scheme in any case); without one, `serve` keeps them closed (403)
+/// unless the admin listener is bound to a loopback address. `--sandbox` keeps them open.
 async fn require_admin_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &state.settings().server.admin_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-            return ApiError::unauthorized(
-                "this endpoint needs Authorization: Bearer <server.admin_token>",
-            )
+    let settings = state.settings();
+    match &settings.server.admin_token {
+        Some(token) => {
+            let given = crate::sources::auth::bearer(request.headers()).unwrap_or_default();
+            if !same_token(given, token.expose()) {
+                return ApiError::unauthorized(
+                    "this endpoint needs Authorization: Bearer <server.admin_token>",
+                )
+                .into_response();
+            }
+        }
+        None if admin_api_closed(&settings, state.reloader.mode()) => {
+            return ApiError::forbidden(format!(
+                "the admin API is closed: server.admin_token is not set and server.admin_listen ({}) is not a loopback address; set a token of at least {} characters (e.g. {}__SERVER__ADMIN_TOKEN) or bind server.admin_listen to 127.0.0.1",
+                settings.server.admin_listen,
+                crate::config::MIN_ADMIN_TOKEN_CHARS,
+                crate::config::ENV_PREFIX,
+            ))
             .into_response();
         }
+        None => {}
     }
     next.run(request).await
+}
+
+/// Whether `/v1/*` and `/-/reload` answer 403: a real deployment (`serve`) with no
+/// `server.admin_token` whose admin listener is reachable from other hosts.
+pub fn admin_api_closed(settings: &Settings, mode: Mode) -> bool {
+    mode == Mode::Production
+        && settings.server.admin_token.is_none()
+        && !settings
+            .admin_addr()
+            .is_ok_and(|addr| addr.ip().is_loopback())
+}
+
+/// Compares the offered token with the configured one without revealing, through timing,
+/// either its content or its length: both sides are hashed to 32 bytes first.
+fn same_token(given: &str, expected: &str) -> bool {
+    let given = Sha256::digest(given.as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    bool::from(given.as_slice().ct_eq(expected.as_slice()))
 }
 
 /// Re-reads the configuration; 200 with a summary, or 422 saying why the old one stays.
@@ -297,4 +329,65 @@ async fn preview_digest(
             "contents": r.draft.contents.iter().map(|c| json!({"key": c.field, "content": c.content})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(admin_listen: &str, admin_token: &str) -> Settings {
+        Settings::from_yaml(&format!(
+            r#"
+server: {{listen: "127.0.0.1:8080", admin_listen: "{admin_listen}", admin_token: {admin_token}}}
+dingtalk: {{apps: {{default: {{app_key: "k"}}}}}}
+store: {{url: "memory:"}}
+delivery: {{}}
+routes:
+  ci: {{source: generic, insecure: true, template: {{name: "日报"}}, author: "m"}}
+"#
+        ))
+        .expect("test yaml parses")
+    }
+
+    #[test]
+    fn the_admin_api_is_closed_only_in_serve_without_a_token_off_loopback() {
+        // (admin_listen, admin_token, mode, closed)
+        let cases = [
+            ("0.0.0.0:8081", "~", Mode::Production, true),
+            ("[::]:8081", "~", Mode::Production, true),
+            ("10.0.0.5:8081", "~", Mode::Production, true),
+            ("127.0.0.1:8081", "~", Mode::Production, false),
+            ("[::1]:8081", "~", Mode::Production, false),
+            (
+                "0.0.0.0:8081",
+                "\"a-long-enough-admin-token\"",
+                Mode::Production,
+                false,
+            ),
+            ("0.0.0.0:8081", "~", Mode::Sandbox, false),
+        ];
+        for (listen, token, mode, closed) in cases {
+            assert_eq!(
+                admin_api_closed(&settings(listen, token), mode),
+                closed,
+                "{listen} {token} {mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_comparison_needs_the_exact_token() {
+        assert!(same_token(
+            "a-long-enough-admin-token",
+            "a-long-enough-admin-token"
+        ));
+        for wrong in [
+            "",
+            "a-long-enough-admin-toke",
+            "a-long-enough-admin-token ",
+            "A-long-enough-admin-token",
+        ] {
+            assert!(!same_token(wrong, "a-long-enough-admin-token"), "{wrong:?}");
+        }
+    }
 }

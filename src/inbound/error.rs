@@ -53,6 +53,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403: the endpoint is closed by configuration; the message says how to open it.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 404 for an unknown route.
     pub fn route_not_found(route: &str) -> Self {
         Self::new(
@@ -93,6 +98,31 @@ impl ApiError {
             "unsupported_media_type",
             format!("Content-Type must be application/json, got {got:?}"),
         )
+    }
+
+    /// 408: a body that needs its signature checked took longer than
+    /// `server.body_read_timeout` to arrive.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body took longer than server.body_read_timeout ({}) to arrive",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
+    /// 422: rendering this payload into `field` used up the template's fuel (too much input
+    /// for the template); nothing is stored.
+    pub fn render_limit(route: &str, field: String) -> Self {
+        Self {
+            message: format!(
+                "routes.{route}.fields.{field}: this payload is too large for the field's template (rendering ran out of fuel); send fewer or shorter items"
+            ),
+            field: Some(field),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "render_limit", "")
+        }
     }
 
     /// 503 with `Retry-After`.

@@ -26,12 +26,14 @@ use crate::state::AppState;
 /// The webhook listener's router.
 pub fn router(state: AppState) -> Router {
     let max_concurrent = state.settings().server.max_concurrent_requests.max(1);
+    let unverified = webhook::UnverifiedReads::new(state.settings().server.max_unverified_requests);
     webhook::routes()
         .fallback(|| async { ApiError::not_found("only POST /v1/hooks/{route} is served here") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             time_limit,
         ))
+        .layer(axum::Extension(unverified))
         .layer(axum::middleware::from_fn_with_state(
             (state.clone(), "webhook"),
             track,

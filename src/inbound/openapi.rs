@@ -30,6 +30,9 @@ pub const ERROR_CODES: &[&str] = &[
     "unavailable",
     "rate_limited",
     "internal",
+    "forbidden",
+    "body_timeout",
+    "render_limit",
 ];
 
 /// Delivery states as the admin API names them.
@@ -129,7 +132,7 @@ fn security_schemes() -> Value {
         "adminToken": {
             "type": "http",
             "scheme": "bearer",
-            "description": "`Authorization: Bearer <server.admin_token>`; required by `/v1/*` and `/-/reload` on the admin listener when `server.admin_token` is set (otherwise they are open).",
+            "description": "`Authorization: Bearer <server.admin_token>`; required by `/v1/*` and `/-/reload` on the admin listener when `server.admin_token` is set (scheme in any case). Without a token they answer 403 in `serve` unless the admin listener is bound to a loopback address; `serve --sandbox` keeps them open.",
         },
     })
 }
@@ -209,7 +212,7 @@ fn webhook_path() -> Value {
                     ]}}},
                 },
                 "400": error_response(
-                    "The payload is not what the route's source expects (`invalid_payload`, naming the field when there is one), or `?wait=` is not a whole number 0–30 (`bad_request`, field `wait`). Nothing is stored.",
+                    "The payload is not what the route's source expects (`invalid_payload`, naming the field when there is one; a standup list over 100 items is one), the body is broken on the wire (a malformed chunked encoding), or `?wait=` is not a whole number 0–30 (`bad_request`, field `wait`). Nothing is stored.",
                     &["invalid_payload", "bad_request"],
                     false,
                 ),
@@ -217,6 +220,11 @@ fn webhook_path() -> Value {
                 "404": error_response(
                     "No route of that name is configured (`route_not_found`; checked first).",
                     &["route_not_found"],
+                    false,
+                ),
+                "408": error_response(
+                    "The body of a webhook that can only be authenticated by a signature over it took longer than `server.body_read_timeout` to arrive. Nothing is stored.",
+                    &["body_timeout"],
                     false,
                 ),
                 "413": error_response(
@@ -227,6 +235,11 @@ fn webhook_path() -> Value {
                 "415": error_response(
                     "`Content-Type` is present and neither `application/json` nor `application/*+json`.",
                     &["unsupported_media_type"],
+                    false,
+                ),
+                "422": error_response(
+                    "Rendering this payload used up the field template's fuel (a route template looping over a long list); `field` names the template field. Nothing is stored.",
+                    &["render_limit"],
                     false,
                 ),
                 "429": error_response(
@@ -416,6 +429,7 @@ fn list_deliveries_op() -> Value {
                 false,
             ),
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "503": {"$ref": "#/components/responses/Unavailable"},
         },
     })
@@ -431,6 +445,7 @@ fn get_delivery_op() -> Value {
         "responses": {
             "200": {"description": "The delivery.", "content": json_content("Delivery")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "404": {"$ref": "#/components/responses/DeliveryNotFound"},
             "503": {"$ref": "#/components/responses/Unavailable"},
         },
@@ -448,6 +463,7 @@ fn retry_delivery_op() -> Value {
         "responses": {
             "202": {"description": "Queued again.", "content": json_content("Queued")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "404": {"$ref": "#/components/responses/DeliveryNotFound"},
             "409": error_response(
                 "The delivery is not `failed` (only failed deliveries can be retried).",
@@ -477,6 +493,7 @@ fn preview_digest_op() -> Value {
         "responses": {
             "200": {"description": "The pending digest.", "content": json_content("DigestPreview")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "404": error_response("No route of that name, or the route has no digest.", &["not_found"], false),
             "500": error_response("The route's digest field template fails on the kept events (the events stay kept).", &["internal"], false),
             "503": {"$ref": "#/components/responses/Unavailable"},
@@ -552,6 +569,7 @@ fn reload_op() -> Value {
         "responses": {
             "200": {"description": "Reloaded.", "content": json_content("Reloaded")},
             "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "403": {"$ref": "#/components/responses/AdminClosed"},
             "422": error_response(
                 "The new configuration was refused (the message says why); the old one keeps running. Also the answer when the relay was not started from a configuration file.",
                 &["invalid_config"],
@@ -596,9 +614,14 @@ fn shared_responses() -> Value {
             &["unauthorized"],
             false,
         ),
+        "AdminClosed": error_response(
+            "`serve` runs without `server.admin_token` and the admin listener is not bound to a loopback address: `/v1/*` and `/-/reload` stay closed until a token is set (the message says how). `serve --sandbox` keeps them open.",
+            &["forbidden"],
+            false,
+        ),
         "DeliveryNotFound": error_response("No delivery with that id.", &["not_found"], false),
         "Unavailable": error_response(
-            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries, or (webhooks) `server.max_concurrent_requests` requests are already in progress, or (webhooks) the request took longer than `server.request_timeout`; nothing was accepted unless the time ran out after storing (a retry then answers `200 duplicate`). Try again after `Retry-After` seconds.",
+            "The store is unreachable, or (webhooks) it holds `store.max_queued` waiting deliveries, or (webhooks) `server.max_concurrent_requests` requests are already in progress or `server.max_unverified_requests` bodies awaiting their signature check are being read, or (webhooks) the request took longer than `server.request_timeout`; nothing was accepted unless the time ran out after storing (a retry then answers `200 duplicate`). Try again after `Retry-After` seconds.",
             &["unavailable"],
             true,
         ),

@@ -1,6 +1,7 @@
-//! `POST /v1/hooks/{route}`: route lookup → size limit → authentication → rate limit →
-//! content type → parse → map → durable enqueue (→ optional `?wait=`), with the answers of
-//! spec §5.
+//! `POST /v1/hooks/{route}`: route lookup → size limit → header credentials → body (under
+//! its own cap and time limit when only a body signature can authenticate it) →
+//! authentication → rate limit → content type → parse → map → durable enqueue (→ optional
+//! `?wait=`), with the answers of spec §5.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::extract::{Extension, OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::ApiError;
 use crate::config::{RouteSettings, Settings};
 use crate::delivery::{Outcome, final_outcome};
-use crate::mapping::{Admitted, IgnoreKind, Mapped, Mapper, ReportDraft};
+use crate::mapping::{Admitted, IgnoreKind, Mapped, Mapper, MappingError, ReportDraft};
 use crate::sources;
 use crate::state::{AppState, Runtime};
 use crate::store::{self, Enqueued, NewDelivery, NewDigestEvent};
@@ -95,6 +96,7 @@ pub fn prepare(
             truncated,
             dedup_key: dedup_key(route_name, route, request),
         }),
+        Err(MappingError::OutOfFuel { route, field }) => Err(ApiError::render_limit(&route, field)),
         Err(e) => {
             tracing::error!(error = %e, "mapping failed");
             Err(ApiError::internal(format!(
@@ -172,8 +174,8 @@ fn route_param(route: &Result<Path<String>, PathRejection>) -> &str {
 async fn receive_webhook(
     State(state): State<AppState>,
     route: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
     OriginalUri(uri): OriginalUri,
+    Extension(unverified): Extension<UnverifiedReads>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -193,9 +195,9 @@ async fn receive_webhook(
         &runtime,
         &route_name,
         &target,
-        query.as_deref(),
         &headers,
         body,
+        &unverified,
     )
     .await;
     let (outcome, response) = match answer {
@@ -209,6 +211,8 @@ async fn receive_webhook(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
                 StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+                StatusCode::REQUEST_TIMEOUT => "body_timeout",
+                StatusCode::UNPROCESSABLE_ENTITY => "render_limit",
                 _ => "error",
             };
             if error.status.is_server_error() {
@@ -232,9 +236,9 @@ async fn handle(
     runtime: &Runtime,
     route_name: &str,
     target: &str,
-    query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
+    unverified: &UnverifiedReads,
 ) -> Result<(&'static str, Response), ApiError> {
     let settings = &runtime.settings;
     let route = settings
@@ -249,10 +253,35 @@ async fn handle(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(limit))?;
     let now = Utc::now();
+    // A credential in a header is checked before the body is read, so that only senders
+    // holding it can make the relay wait for a body. A signature over the body cannot be
+    // checked before; such bodies are read under their own, smaller cap and a time limit.
+    let body = match &route.secret {
+        Some(secret) => {
+            let head_only = sources::Request {
+                headers,
+                body: &[],
+                target,
+                method: "post",
+                now,
+            };
+            match sources::verify(route.source, secret, &head_only) {
+                Ok(()) => read_body(body, limit).await?,
+                Err(message) if !sources::auth::offers_body_signature(headers) => {
+                    return Err(ApiError::unauthorized(message));
+                }
+                Err(_) => {
+                    let _permit = unverified.try_acquire()?;
+                    let timeout = settings.server.body_read_timeout;
+                    tokio::time::timeout(timeout, read_body(body, limit))
+                        .await
+                        .map_err(|_| ApiError::body_timeout(timeout))??
+                }
+            }
+        }
+        None => read_body(body, limit).await?,
+    };
     let request = sources::Request {
         headers,
         body: &body,
@@ -270,7 +299,7 @@ async fn handle(
             .check(route_name, limit)
             .map_err(ApiError::rate_limited)?;
     }
-    let wait = parse_wait(query)?;
+    let wait = parse_wait(target.split_once('?').map(|(_, query)| query))?;
     let (draft, truncated, dedup_key) =
         match prepare(settings, &runtime.mapper, route_name, &request)? {
             Prepared::Ignored(reason, kind) => {
@@ -344,6 +373,45 @@ async fn handle(
         None => queued(&id),
     };
     Ok(("accepted", response))
+}
+
+/// Reads the whole body: 413 beyond `limit`, 400 when the body is broken on the wire (a
+/// malformed chunked encoding, a connection that ends early).
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(error) = source {
+            if error.is::<http_body_util::LengthLimitError>() {
+                return ApiError::too_large(limit);
+            }
+            source = error.source();
+        }
+        ApiError::invalid_payload(
+            format!("the request body could not be read ({e}): send it whole, with a valid Content-Length or chunked encoding"),
+            None,
+        )
+    })
+}
+
+/// The cap on webhook bodies read before their sender is authenticated
+/// (`server.max_unverified_requests`): beyond it, 503 with `Retry-After` at once.
+#[derive(Clone)]
+pub struct UnverifiedReads(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl UnverifiedReads {
+    /// A cap of `max` reads at once (at least 1).
+    pub fn new(max: usize) -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(max.max(1))))
+    }
+
+    fn try_acquire(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.0.try_acquire().map_err(|_| {
+            ApiError::unavailable(
+                "too many unauthenticated webhook bodies are being read (server.max_unverified_requests); try again shortly",
+                1,
+            )
+        })
+    }
 }
 
 /// The webhook answer when the store could not take it: 503 with `Retry-After`.

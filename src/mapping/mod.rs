@@ -160,6 +160,15 @@ pub enum MappingError {
         /// The template engine's message.
         message: String,
     },
+    /// A field template used up its rendering budget (`fuel`) on this event: the payload is
+    /// too much for the template (a loop over a long list), not a broken template.
+    #[error("routes.{route}.fields.{field}: rendering ran out of fuel on this payload")]
+    OutOfFuel {
+        /// Route name.
+        route: String,
+        /// Field name.
+        field: String,
+    },
 }
 
 /// The visible marker that ends a content cut at [`MAX_CONTENT_CHARS`]; it counts toward the
@@ -390,6 +399,9 @@ impl Mapper {
                 kind: IgnoreKind::Filtered,
             });
         }
+        if let Some(reason) = self.refused_identity(event) {
+            return Ok(Mapped::Ignored { reason });
+        }
         // Who the event is about, how to say it when they have no userid, and the context.
         let (person, unmapped) = self.person(event);
         let (ctx, builtins) = match event {
@@ -452,8 +464,8 @@ impl Mapper {
                 let actor = job.actor.as_deref();
                 let email = job.actor_email.as_deref();
                 let person = actor
-                    .and_then(|a| self.userid(a))
-                    .or_else(|| email.and_then(|e| self.userid(e)));
+                    .and_then(|a| self.known_identity(a))
+                    .or_else(|| email.and_then(|e| self.known_identity(e)));
                 let unmapped = match (actor, email) {
                     (Some(a), Some(e)) => {
                         format!("actor {a:?} ({e}) has no DingTalk userid in users")
@@ -465,10 +477,13 @@ impl Mapper {
                 (person, unmapped)
             }
             Event::Standup(standup) => {
+                // A claimed userid that `users` does not know never gets here (see
+                // `refused_identity`).
                 let person = standup
                     .userid
                     .as_deref()
-                    .or_else(|| standup.user.as_deref().and_then(|u| self.userid(u)));
+                    .and_then(|u| self.known_identity(u))
+                    .or_else(|| standup.user.as_deref().and_then(|u| self.known_identity(u)));
                 let unmapped = match standup.user.as_deref() {
                     Some(u) => format!("user {u:?} has no DingTalk userid in users"),
                     None => "the standup names no user".to_owned(),
@@ -490,6 +505,9 @@ impl Mapper {
                 reason,
                 kind: IgnoreKind::Filtered,
             });
+        }
+        if let Some(reason) = self.refused_identity(event) {
+            return Ok(Admitted::Ignored { reason });
         }
         let group_by = rs.digest.as_ref().map(|d| d.group_by).unwrap_or_default();
         let group = match group_by {
@@ -652,6 +670,37 @@ impl Mapper {
         to_userids
     }
 
+    /// Why an event is refused for the identity it claims: a standup's `userid` is used as
+    /// the report's author and receiver, so one that is neither a key nor a value of `users`
+    /// would let a sender write or address a report as anyone.
+    fn refused_identity(&self, event: &Event) -> Option<String> {
+        match event {
+            Event::Standup(standup) => standup
+                .userid
+                .as_deref()
+                .filter(|claimed| self.known_identity(claimed).is_none())
+                .map(|claimed| {
+                    format!(
+                        "userid {claimed:?} is neither a key nor a value of users; only people listed there can be named"
+                    )
+                }),
+            Event::JobStatus(_) => None,
+        }
+    }
+
+    /// The DingTalk userid an event's identity stands for: the value of `users` under it (a
+    /// login or e-mail, case-insensitive), or the identity itself when it is one of the
+    /// values. Anything else is no one.
+    fn known_identity(&self, identity: &str) -> Option<&str> {
+        self.userid(identity).or_else(|| {
+            let identity = identity.trim();
+            self.users
+                .values()
+                .find(|userid| userid.as_str() == identity)
+                .map(String::as_str)
+        })
+    }
+
     /// The DingTalk userid of a CI login or e-mail (case-insensitive), from `users`.
     fn userid(&self, login: &str) -> Option<&str> {
         self.users
@@ -737,10 +786,16 @@ fn render_fields<S: Serialize>(
         let text = env
             .get_template(name)
             .and_then(|t| t.render(ctx))
-            .map_err(|e| MappingError::Render {
-                route: route.to_owned(),
-                field: field.clone(),
-                message: describe(&e),
+            .map_err(|e| match e.kind() {
+                minijinja::ErrorKind::OutOfFuel => MappingError::OutOfFuel {
+                    route: route.to_owned(),
+                    field: field.clone(),
+                },
+                _ => MappingError::Render {
+                    route: route.to_owned(),
+                    field: field.clone(),
+                    message: describe(&e),
+                },
             })?;
         let text = hard_breaks(text.trim());
         if !text.is_empty() {

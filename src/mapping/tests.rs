@@ -17,6 +17,7 @@ users:
   octocat: "dd_user_01"
   "Alice@Example.com": "dd_alice"
   lead: "dd_lead"
+  carol: "dd9"
 routes:
 "#;
 
@@ -689,6 +690,66 @@ fn standup_defaults() {
             kind: IgnoreKind::UnknownActor,
         }
     );
+}
+
+#[test]
+fn a_standup_userid_not_in_users_is_refused_with_the_reason() {
+    let m = mapper(&format!(
+        "{}{}",
+        r#"
+  daily:
+    source: generic
+    template: {name: "日报", owner: "manager01"}
+    author: actor
+    to_userids: [actor]
+"#,
+        r#"
+  fixed:
+    source: generic
+    template: {name: "日报"}
+    author: "manager01"
+    to_userids: [actor, lead01]
+  digest:
+    source: generic
+    template: {name: "日报", owner: "manager01"}
+    author: actor
+    digest: {schedule: "18:00", group_by: author}
+"#
+    ));
+    let ceo = event(r#"{"type":"standup","userid":"the-ceo","done":["Approved the budget"]}"#);
+    let reason = r#"userid "the-ceo" is neither a key nor a value of users; only people listed there can be named"#;
+    for route in ["daily", "fixed"] {
+        assert_eq!(
+            m.map(route, &ceo, now()).unwrap(),
+            Mapped::Ignored {
+                reason: reason.to_owned()
+            },
+            "{route}"
+        );
+    }
+    assert_eq!(
+        m.admit("digest", &ceo).unwrap(),
+        Admitted::Ignored {
+            reason: reason.to_owned()
+        }
+    );
+    // A key of users, in any case, stands for its userid; a value stands for itself.
+    for (userid, author) in [("carol", "dd9"), ("CAROL", "dd9"), ("dd_lead", "dd_lead")] {
+        let body = format!(r#"{{"type":"standup","userid":"{userid}","done":["a"]}}"#);
+        let Mapped::Report { draft, .. } = m.map("daily", &event(&body), now()).unwrap() else {
+            panic!("{userid}: not a report");
+        };
+        assert_eq!(draft.author, author, "{userid}");
+        assert_eq!(draft.to_userids, vec![author], "{userid}");
+    }
+    // A job's actor may be a userid of users too.
+    let Mapped::Report { draft, .. } = m
+        .map("daily", &job_with(&[("actor", "dd_alice".into())]), now())
+        .unwrap()
+    else {
+        panic!("not a report");
+    };
+    assert_eq!(draft.author, "dd_alice");
 }
 
 #[test]

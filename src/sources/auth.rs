@@ -72,6 +72,19 @@ pub fn base64(bytes: &[u8]) -> String {
     BASE64.encode(bytes)
 }
 
+/// Whether the request offers a credential that is computed over the body (an HMAC in a
+/// `*signature*` header, Drone's `Digest` and HTTP signature), so that it can only be checked
+/// once the body is read. Every source's body signature travels in such a header.
+pub fn offers_body_signature(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name.contains("signature") || name == "digest"
+    }) || header(headers, "authorization").is_some_and(|v| {
+        v.split_once(' ')
+            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("signature"))
+    })
+}
+
 /// The token of `Authorization: Bearer <token>`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = header(headers, "authorization")?;

@@ -206,6 +206,13 @@ impl Obj<'_> {
         match self.get(field) {
             None => Ok(Vec::new()),
             Some(Value::String(s)) => Ok(non_empty(s).into_iter().collect()),
+            Some(Value::Array(items)) if items.len() > MAX_LIST_ITEMS => Err(PayloadError::field(
+                field,
+                &format!(
+                    "at most {MAX_LIST_ITEMS} items (got {}); a report field holds 1000 characters",
+                    items.len()
+                ),
+            )),
             Some(Value::Array(items)) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
@@ -229,6 +236,10 @@ impl Obj<'_> {
         }
     }
 }
+
+/// Most items a standup list (`done`, `todo`, `blockers`) may have: more could never fit in
+/// a report field, and a route template looping over them would only burn its fuel.
+pub const MAX_LIST_ITEMS: usize = 100;
 
 fn kind_of(value: &Value) -> &'static str {
     match value {

@@ -35,6 +35,10 @@ pub struct TestConfig {
     /// `server.request_timeout` and `server.header_read_timeout`.
     pub request_timeout: &'static str,
     pub header_read_timeout: &'static str,
+    /// `server.admin_listen` (tests reach it on 127.0.0.1 whatever it is).
+    pub admin_listen: &'static str,
+    /// Extra YAML under `server:` (indented 2 spaces).
+    pub server_extra: String,
 }
 
 impl Default for TestConfig {
@@ -55,6 +59,8 @@ impl Default for TestConfig {
             max_concurrent_requests: 1024,
             request_timeout: "40s",
             header_read_timeout: "10s",
+            admin_listen: "127.0.0.1:0",
+            server_extra: String::new(),
         }
     }
 }
@@ -80,12 +86,13 @@ pub fn settings_yaml(config: &TestConfig, base_url: &str) -> String {
         r#"
 server:
   listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
+  admin_listen: "{admin_listen}"
   max_body_bytes: {max_body}
   admin_token: {admin_token}
   max_concurrent_requests: {max_concurrent}
   request_timeout: {request_timeout}
   header_read_timeout: {header_read_timeout}
+{server_extra}
 dingtalk:
   base_url: "{base_url}"
   timeout: {timeout}
@@ -135,6 +142,8 @@ routes:
         max_concurrent = config.max_concurrent_requests,
         request_timeout = config.request_timeout,
         header_read_timeout = config.header_read_timeout,
+        admin_listen = config.admin_listen,
+        server_extra = config.server_extra,
     )
 }
 

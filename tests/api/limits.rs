@@ -189,3 +189,133 @@ async fn a_route_over_its_rate_limit_gets_429_with_retry_after() {
     assert_eq!(listed["deliveries"].as_array().unwrap().len(), 2);
     app.stop().await;
 }
+
+/// The soft limit on open files of this process (`/proc/self/limits`).
+fn open_files_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Sends one byte of body every 250 ms until the server answers; the answer's status, or
+/// `None` when it closed without one or kept quiet for 30 s.
+async fn trickle_until_answered(mut stream: TcpStream) -> Option<u16> {
+    let mut buffer = [0_u8; 512];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buffer) => {
+                let n = read.ok().filter(|n| *n > 0)?;
+                let head = String::from_utf8_lossy(&buffer[..n]);
+                return head.split(' ').nth(1)?.parse().ok();
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                // A write to a connection the server has answered may fail; the read says how.
+                let _ = stream.write_all(b" ").await;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+#[tokio::test]
+async fn trickling_unauthenticated_bodies_cannot_block_an_authenticated_webhook() {
+    // Arrange: the default caps (1024 requests, 64 unverified body reads) and a 2 s body
+    // read timeout; 1,100 connections each send a whole request head for a 1 MB body that
+    // claims a body signature (so its sender cannot be known before the body is read), or a
+    // wrong bearer token, and then trickle it.
+    const TRICKLERS: usize = 1100;
+    let needed = 3 * TRICKLERS as u64;
+    let soft = open_files_soft_limit().unwrap_or(0);
+    assert!(
+        soft >= needed,
+        "this test needs {needed} open files (client and server ends); the soft limit is {soft}: raise it with ulimit -n"
+    );
+    let app = spawn_app_with(TestConfig {
+        max_body_bytes: 1_048_576,
+        server_extra: "  body_read_timeout: 2s".to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut tricklers = Vec::with_capacity(TRICKLERS);
+    for i in 0..TRICKLERS {
+        let mut stream = TcpStream::connect(&host).await.unwrap();
+        let credential = if i % 10 == 0 {
+            "Authorization: Bearer not-the-secret".to_owned()
+        } else {
+            format!("X-Signature-256: sha256={}", "0".repeat(64))
+        };
+        let head = format!(
+            "POST /v1/hooks/ci HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n{credential}\r\nContent-Length: 1000000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tricklers.push(tokio::spawn(trickle_until_answered(stream)));
+    }
+
+    // Act: an authenticated webhook on a fresh connection while they trickle.
+    let started = tokio::time::Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/hooks/ci", app.address))
+        .bearer_auth(ROUTE_SECRET)
+        .json(&job_status())
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+
+    // Assert: it is accepted within a few seconds …
+    assert_eq!(response.status(), 202);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // … and every trickler is answered: a wrong token 401 before its body, a claimed
+    // signature 503 beyond the unverified cap, or 408 when its body time is up.
+    let mut statuses = std::collections::BTreeMap::<Option<u16>, usize>::new();
+    for trickler in tricklers {
+        *statuses.entry(trickler.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        statuses.get(&Some(401)),
+        Some(&(TRICKLERS / 10)),
+        "{statuses:?}"
+    );
+    let timed_out = statuses.get(&Some(408)).copied().unwrap_or(0);
+    assert!((1..=64).contains(&timed_out), "{statuses:?}");
+    assert_eq!(
+        statuses.get(&Some(503)).copied().unwrap_or(0) + timed_out + TRICKLERS / 10,
+        TRICKLERS,
+        "{statuses:?}"
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_webhooks_received_total",
+            &[("route", "ci"), ("outcome", "body_timeout")]
+        ),
+        timed_out as f64
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_answers_400() {
+    let app = spawn_app().await;
+    let host = app.address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).await.unwrap();
+    stream
+        .write_all(
+            format!("POST /v1/hooks/ci HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {ROUTE_SECRET}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_payload"), "{answer}");
+    assert!(app.state.store.list(None, 10).await.unwrap().is_empty());
+    app.stop().await;
+}

@@ -464,3 +464,67 @@ async fn hostile_bodies_get_4xx_never_5xx() {
     assert_eq!(app.get_admin("/healthz").await.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn hostile_list_sizes_and_fuel_hungry_renders_answer_4xx_naming_the_field() {
+    // Arrange: a route template that loops over the standup's list three times nested.
+    let app = spawn_app_with(TestConfig {
+        route_extra: "    fields:\n      今日完成工作: \"{% for a in done %}{% for b in done %}{% for c in done %}.{% endfor %}{% endfor %}{% endfor %}\"\n".to_owned(),
+        template: ID_TEMPLATE.to_owned(),
+        max_body_bytes: 1_048_576,
+        ..TestConfig::default()
+    })
+    .await;
+    let items = |n: usize| (0..n).map(|i| format!("item {i}")).collect::<Vec<_>>();
+
+    // Act 1: 20,000 items.
+    let huge = app
+        .post_hook(
+            "ci",
+            &serde_json::json!({"type":"standup","user":"octocat","done": items(20_000)}),
+        )
+        .await;
+    // Assert 1: refused at parse time, naming the list.
+    assert_eq!(huge.status(), 400);
+    let body: Value = huge.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "done", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100 items"),
+        "{body}"
+    );
+
+    // Act 2: 100 items are allowed, but 100³ iterations exceed the template's fuel.
+    let hungry = app
+        .post_hook(
+            "ci",
+            &serde_json::json!({"type":"standup","user":"octocat","done": items(100)}),
+        )
+        .await;
+    // Assert 2: a 4xx naming the template field, counted, nothing stored.
+    assert_eq!(hungry.status(), 422);
+    let body: Value = hungry.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "render_limit", "{body}");
+    assert_eq!(body["error"]["field"], "今日完成工作", "{body}");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_webhooks_received_total",
+            &[("route", "ci"), ("outcome", "render_limit")]
+        ),
+        1.0
+    );
+    assert!(app.state.store.list(None, 10).await.unwrap().is_empty());
+    // A payload the template can handle still goes through.
+    let small = app
+        .post_hook(
+            "ci",
+            &serde_json::json!({"type":"standup","user":"octocat","done": items(3)}),
+        )
+        .await;
+    assert_eq!(small.status(), 202);
+    app.stop().await;
+}
