@@ -64,6 +64,7 @@ impl Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    quota: std::sync::Arc<super::MemoryQuota>,
 }
 
 impl MemoryStore {
@@ -388,5 +389,9 @@ impl Store for MemoryStore {
             events: events.len() as u64,
             deliveries: ids,
         }))
+    }
+
+    fn quota(&self) -> std::sync::Arc<dyn super::QuotaStore> {
+        self.quota.clone()
     }
 }

@@ -6,6 +6,7 @@
 mod digest_sql;
 mod memory;
 mod postgres;
+mod quota;
 mod sql;
 mod sqlite;
 
@@ -23,6 +24,7 @@ use crate::sources::Event;
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
+pub use quota::{Exhausted, MemoryQuota, MonthUse, QuotaCalls, QuotaStore, TemplateKey};
 pub use sqlite::SqliteStore;
 
 /// Store results.
@@ -304,6 +306,8 @@ pub trait Store: Send + Sync + 'static {
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
         None
     }
+    /// The quota ledger kept in this store (shared by every replica on PostgreSQL).
+    fn quota(&self) -> Arc<dyn QuotaStore>;
 }
 
 /// Opens the store `url` selects (creating and migrating a SQLite file as needed).

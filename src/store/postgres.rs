@@ -653,6 +653,13 @@ impl Store for PostgresStore {
         super::digest_sql::postgres::close(&self.pool, route, period_end, now, build).await
     }
 
+    fn quota(&self) -> Arc<dyn super::QuotaStore> {
+        Arc::new(super::quota::PostgresQuota {
+            writer: self.pool.clone(),
+            reader: self.pool.clone(),
+        })
+    }
+
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
         Some(Arc::new(SendSlots {
             pool: self.pool.clone(),

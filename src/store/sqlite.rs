@@ -535,4 +535,11 @@ impl Store for SqliteStore {
     ) -> Result<Option<ClosedDigest>> {
         super::digest_sql::sqlite::close(&self.writer, route, period_end, now, build).await
     }
+
+    fn quota(&self) -> std::sync::Arc<dyn super::QuotaStore> {
+        std::sync::Arc::new(super::quota::SqliteQuota {
+            writer: self.writer.clone(),
+            reader: self.reader.clone(),
+        })
+    }
 }
