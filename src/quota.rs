@@ -269,6 +269,14 @@ impl Quota {
         Ok(used)
     }
 
+    /// Re-reads the month when the last read is stale (for `/metrics`); a store error is
+    /// logged and the gauges keep their last values.
+    pub async fn refresh(&self) {
+        if let Err(e) = self.current(false).await {
+            tracing::warn!(error = %e, "quota unavailable; gauges keep their last values");
+        }
+    }
+
     /// The month's status, read from the store now.
     pub async fn status(&self) -> store::Result<QuotaStatus> {
         let used = self.current(true).await?;
