@@ -175,6 +175,10 @@ pub struct QuotaSettings {
     /// IANA time zone in which the quota month turns (DingTalk's: Asia/Shanghai).
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// How often a held delivery looks again whether it may be sent (a raised budget, a
+    /// cleared exhaustion); it also looks when the month turns.
+    #[serde(default = "default_hold_recheck", with = "humantime_serde")]
+    pub hold_recheck: Duration,
 }
 
 impl Default for QuotaSettings {
@@ -184,6 +188,7 @@ impl Default for QuotaSettings {
             warn_at: default_quota_warn_at(),
             reserve: 0,
             timezone: default_timezone(),
+            hold_recheck: default_hold_recheck(),
         }
     }
 }
@@ -521,6 +526,9 @@ pub struct TemplateFieldSettings {
 fn default_timezone() -> String {
     "Asia/Shanghai".to_owned()
 }
+fn default_hold_recheck() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_quota_warn_at() -> f64 {
     0.8
 }
@@ -844,6 +852,10 @@ impl Settings {
             (
                 "dingtalk.template_cache_ttl",
                 self.dingtalk.template_cache_ttl,
+            ),
+            (
+                "dingtalk.quota.hold_recheck",
+                self.dingtalk.quota.hold_recheck,
             ),
             ("delivery.initial_backoff", d.initial_backoff),
             ("delivery.max_backoff", d.max_backoff),

@@ -62,9 +62,6 @@ fn current_route() -> String {
 /// How long a decision may rest on what the store said before it is read again (other
 /// replicas' calls, their 90020).
 const FRESH_FOR: Duration = Duration::from_secs(2);
-/// The longest a held delivery waits before it looks again (the budget may have been raised
-/// by a reload, or the exhaustion cleared).
-pub const HOLD_RECHECK: Duration = Duration::from_secs(60);
 
 /// The quota month of `at` in `tz`: `YYYY-MM`.
 pub fn month_of(at: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
@@ -217,7 +214,8 @@ impl Quota {
         let wait = (resets_at - now)
             .to_std()
             .unwrap_or_default()
-            .clamp(Duration::from_millis(100), HOLD_RECHECK);
+            .min(settings.hold_recheck)
+            .max(Duration::from_millis(100));
         if let Some(exhausted) = &used.exhausted {
             return Ok(Decision::Hold {
                 reason: format!(
@@ -569,7 +567,7 @@ mod tests {
             monthly: Some(5000),
             warn_at: 0.8,
             reserve: 250,
-            timezone: "Asia/Shanghai".to_owned(),
+            ..QuotaSettings::default()
         };
         assert!(warnings(&settings, 3999, false, 4000).is_empty());
         let w = warnings(&settings, 4000, false, 4000);

@@ -37,6 +37,8 @@ struct Pause {
 
 /// The key of a pause that stops every app (an IP ban applies to the whole relay).
 const EVERY_APP: &str = "*";
+/// How long an app pauses after 90020 when a [`Ledger`] holds deliveries for the month.
+const LEDGER_QUOTA_PAUSE: Duration = Duration::from_secs(60);
 /// How long DingTalk bans an IP that called too often.
 const IP_BAN_WAIT: Duration = Duration::from_secs(300);
 
@@ -405,12 +407,14 @@ impl DingTalkClient {
         match result {
             Ok(_) => self.resume(app),
             Err(e @ Error::Api { code: 90020, .. }) => {
-                self.pause(
-                    app,
-                    "quota_exhausted",
-                    super::error::QUOTA_WAIT,
-                    e.to_string(),
-                );
+                // With a ledger, the month is marked exhausted for every replica and deliveries
+                // are held there; the local pause only stops calls already under way.
+                let wait = if self.inner.ledger.is_some() {
+                    LEDGER_QUOTA_PAUSE
+                } else {
+                    super::error::QUOTA_WAIT
+                };
+                self.pause(app, "quota_exhausted", wait, e.to_string());
             }
             Err(
                 e @ Error::InvalidBody {
@@ -429,6 +433,20 @@ impl DingTalkClient {
                 );
             }
             Err(_) => {}
+        }
+    }
+
+    /// Lifts every app's pause for the exhausted monthly quota (an operator says the
+    /// organisation's quota was raised).
+    pub fn resume_quota(&self) {
+        let apps: Vec<String> = self
+            .pauses()
+            .iter()
+            .filter(|(_, p)| p.reason == "quota_exhausted")
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in apps {
+            self.resume(&app);
         }
     }
 

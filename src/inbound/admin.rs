@@ -142,6 +142,7 @@ async fn quota(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
 /// deliveries go out at their next look.
 async fn clear_quota_exhausted(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let cleared = state.quota.clear_exhausted().await.map_err(store_error)?;
+    state.runtime.load().client.resume_quota();
     tracing::warn!(cleared, "quota exhaustion cleared by an operator");
     Ok(Json(json!({"cleared": cleared})))
 }

@@ -35,6 +35,10 @@ pub struct TestConfig {
     /// `server.request_timeout` and `server.header_read_timeout`.
     pub request_timeout: &'static str,
     pub header_read_timeout: &'static str,
+    /// `dingtalk.quota` (a YAML flow map).
+    pub quota: String,
+    /// The clock the quota month is read from (default: the real one).
+    pub clock: Option<dingtalk_relay::quota::Clock>,
 }
 
 impl Default for TestConfig {
@@ -55,6 +59,8 @@ impl Default for TestConfig {
             max_concurrent_requests: 1024,
             request_timeout: "40s",
             header_read_timeout: "10s",
+            quota: "{}".to_owned(),
+            clock: None,
         }
     }
 }
@@ -91,6 +97,7 @@ dingtalk:
   timeout: {timeout}
   token_refresh_margin: 5m
   max_qps: {max_qps}
+  quota: {quota}
   apps:
     default:
       app_key: "{app_key}"
@@ -135,6 +142,7 @@ routes:
         max_concurrent = config.max_concurrent_requests,
         request_timeout = config.request_timeout,
         header_read_timeout = config.header_read_timeout,
+        quota = config.quota,
     )
 }
 
@@ -154,7 +162,11 @@ pub async fn spawn_app_with(config: TestConfig) -> TestApp {
 pub async fn spawn_app_on(config: TestConfig, fake: FakeDingTalk, base_url: String) -> TestApp {
     let yaml = settings_yaml(&config, &base_url);
     let settings = Settings::from_yaml(&yaml).expect("test settings parse");
-    let app = Application::build(settings, Mode::Production)
+    let clock = config
+        .clock
+        .clone()
+        .unwrap_or_else(dingtalk_relay::quota::system_clock);
+    let app = Application::build_with_clock(settings, Mode::Production, clock)
         .await
         .expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
