@@ -287,7 +287,7 @@ impl Worker {
         };
         if let Err(e) = self
             .store
-            .defer(&delivery.id, later(now, wait), &last, now)
+            .hold(&delivery.id, later(now, wait), &last, now)
             .await
         {
             tracing::error!(error = %e, "could not hold the delivery; its lease will expire");

@@ -394,4 +394,20 @@ impl Store for MemoryStore {
     fn quota(&self) -> std::sync::Arc<dyn super::QuotaStore> {
         self.quota.clone()
     }
+
+    async fn hold(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.update(id, now, |d| {
+            d.state = State::Queued;
+            d.attempts = d.attempts.saturating_sub(1);
+            d.next_attempt_at = Some(at);
+            d.last_error = Some(reason.clone());
+        });
+        Ok(())
+    }
 }

@@ -308,6 +308,16 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The quota ledger kept in this store (shared by every replica on PostgreSQL).
     fn quota(&self) -> Arc<dyn QuotaStore>;
+    /// Back to the queue until `at` without spending the attempt, keeping `sending_since` and
+    /// noting why (the monthly quota holds it): unlike [`Store::defer`], an earlier create
+    /// whose outcome is unknown is still reconciled before anything is sent.
+    async fn hold(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 }
 
 /// Opens the store `url` selects (creating and migrating a SQLite file as needed).

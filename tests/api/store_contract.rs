@@ -126,6 +126,7 @@ contract!(
     quota_calls_add_up_per_month_api_and_route,
     quota_exhaustion_is_kept_per_month_first_report_wins,
     kept_templates_expire,
+    hold_keeps_sending_since_and_the_attempt_uncounted,
 );
 
 contract!(
@@ -1116,4 +1117,38 @@ async fn kept_templates_expire(store: Arc<dyn Store>) {
         Some("{\"id\":\"t2\"}")
     );
     assert_eq!(quota.template(key, now + HOUR_CHRONO).await.unwrap(), None);
+}
+
+async fn hold_keeps_sending_since_and_the_attempt_uncounted(store: Arc<dyn Store>) {
+    // Arrange: a claimed delivery whose create was started (its outcome unknown).
+    let t0 = t0();
+    put(&store, "d1", t0).await;
+    store.claim(t0, 1, HOUR).await.expect("claim");
+    store.mark_sending("d1", t0).await.expect("mark_sending");
+
+    // Act
+    let until = t0 + secs(60);
+    let reason = error(None, "quota_hold: reserve reached");
+    store
+        .hold("d1", until, &reason, t0 + secs(1))
+        .await
+        .expect("hold");
+
+    // Assert: queued, no attempt spent, still to be reconciled, the reason shown.
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Queued);
+    assert_eq!(d.attempts, 0);
+    assert_eq!(d.next_attempt_at, Some(until));
+    assert_eq!(d.sending_since, Some(t0));
+    assert_eq!(d.last_error, Some(reason));
+    assert!(
+        store
+            .claim(t0 + secs(59), 1, HOUR)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store.claim(until, 1, HOUR).await.expect("claim");
+    assert_eq!(ids(&again), ["d1"]);
+    assert_eq!(again[0].sending_since, Some(t0));
 }
