@@ -177,6 +177,67 @@ pub struct DingTalkSettings {
     /// DingTalk apps keyed by name; routes name the app they post with.
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
+    /// The relay's share of the organisation's monthly call quota, and how it is protected.
+    #[serde(default)]
+    pub quota: QuotaSettings,
+}
+
+/// `dingtalk.quota.*`: the monthly budget of metered DingTalk calls (report/create, uncached
+/// template/getbyname, report/list). Every internal app of the organisation spends from the
+/// same pool, so `monthly` is the part of it given to the relay.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Metered calls a month the relay may spend; `null` counts without a limit.
+    #[serde(default)]
+    pub monthly: Option<u64>,
+    /// Fraction of `monthly` past which `/readyz` warns (0 < warn_at ≤ 1).
+    #[serde(default = "default_quota_warn_at")]
+    pub warn_at: f64,
+    /// When the month's remaining budget is at or below this many calls, routes follow their
+    /// `on_quota_low` policy.
+    #[serde(default)]
+    pub reserve: u64,
+    /// IANA time zone in which the quota month turns (DingTalk's: Asia/Shanghai).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// How often a held delivery looks again whether it may be sent (a raised budget, a
+    /// cleared exhaustion); it also looks when the month turns.
+    #[serde(default = "default_hold_recheck", with = "humantime_serde")]
+    pub hold_recheck: Duration,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Self {
+            monthly: None,
+            warn_at: default_quota_warn_at(),
+            reserve: 0,
+            timezone: default_timezone(),
+            hold_recheck: default_hold_recheck(),
+        }
+    }
+}
+
+impl QuotaSettings {
+    /// The zone the month turns in (Asia/Shanghai when it does not parse; validation names it).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+    }
+}
+
+/// `routes.<name>.on_quota_low`: what a route does when the month's remaining budget is at or
+/// below `dingtalk.quota.reserve`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnQuotaLow {
+    /// Keep sending one report per event.
+    #[default]
+    Send,
+    /// Keep deliveries queued until the month turns or the budget is raised.
+    Hold,
+    /// Fold new events into the route's digest instead of a report each.
+    Digest,
 }
 
 /// `dingtalk.apps.<name>.*`
@@ -372,6 +433,10 @@ pub struct RouteSettings {
     /// variables. Absent: one report per event.
     #[serde(default)]
     pub digest: Option<DigestSettings>,
+    /// What the route does when the monthly quota's reserve is reached: `send` (default),
+    /// `hold` or `digest`.
+    #[serde(default)]
+    pub on_quota_low: OnQuotaLow,
 }
 
 /// `routes.<name>.digest.*`: when and how a route's events are folded into digests.
@@ -540,6 +605,12 @@ fn default_store_url() -> String {
 }
 fn default_timezone() -> String {
     "Asia/Shanghai".to_owned()
+}
+fn default_hold_recheck() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_quota_warn_at() -> f64 {
+    0.8
 }
 fn default_max_body_bytes() -> usize {
     1_048_576
@@ -981,6 +1052,10 @@ impl Settings {
                 "dingtalk.template_cache_ttl",
                 self.dingtalk.template_cache_ttl,
             ),
+            (
+                "dingtalk.quota.hold_recheck",
+                self.dingtalk.quota.hold_recheck,
+            ),
             ("delivery.initial_backoff", d.initial_backoff),
             ("delivery.max_backoff", d.max_backoff),
             ("delivery.dedup_window", d.dedup_window),
@@ -1013,6 +1088,39 @@ impl Settings {
                     self.timezone
                 ),
             );
+        }
+        let quota = &self.dingtalk.quota;
+        if quota.timezone.parse::<chrono_tz::Tz>().is_err() {
+            push(
+                "dingtalk.quota.timezone".to_owned(),
+                format!(
+                    "{:?} is not an IANA time zone such as Asia/Shanghai",
+                    quota.timezone
+                ),
+            );
+        }
+        if !(quota.warn_at > 0.0 && quota.warn_at <= 1.0) {
+            push(
+                "dingtalk.quota.warn_at".to_owned(),
+                format!(
+                    "{} is not a fraction of the budget (more than 0, at most 1)",
+                    quota.warn_at
+                ),
+            );
+        }
+        match quota.monthly {
+            Some(0) => push(
+                "dingtalk.quota.monthly".to_owned(),
+                "must be at least 1 (null counts without a limit)".to_owned(),
+            ),
+            Some(monthly) if quota.reserve >= monthly => push(
+                "dingtalk.quota.reserve".to_owned(),
+                format!(
+                    "{} is not below dingtalk.quota.monthly ({monthly}): the reserve would be reached from the first call",
+                    quota.reserve
+                ),
+            ),
+            _ => {}
         }
         for (login, userid) in &self.users {
             if userid.trim().is_empty() {
@@ -1225,6 +1333,13 @@ impl Settings {
         }
         if let Some(digest) = &route.digest {
             digest_issues(&path, route, digest, push);
+        }
+        if route.on_quota_low == OnQuotaLow::Digest && route.digest.is_none() {
+            push(
+                format!("{path}.on_quota_low"),
+                "digest needs routes.*.digest (its schedule); without one use hold or send"
+                    .to_owned(),
+            );
         }
         let _ = mode;
     }

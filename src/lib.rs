@@ -13,6 +13,7 @@
 //! - [`digest`]: digest mode — schedules, and folding a period's events into one report per
 //!   group, made once across replicas.
 //! - [`delivery`]: workers that create reports, retry with backoff, reconcile lost answers.
+//! - [`quota`]: the monthly DingTalk call budget — counted in the store, shown, protected.
 //! - [`dingtalk`]: the DingTalk client, token cache, wire model and error classifier.
 //! - [`sandbox`]: an in-process DingTalk stand-in (`serve --sandbox`, tests).
 //! - [`metrics`], [`telemetry`]: Prometheus series and logs.
@@ -26,6 +27,7 @@ pub mod dingtalk;
 pub mod inbound;
 pub mod mapping;
 pub mod metrics;
+pub mod quota;
 pub mod sandbox;
 pub mod sources;
 pub mod startup;

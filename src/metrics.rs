@@ -138,6 +138,17 @@ pub struct Series {
     pub config_last_reload_success_timestamp: Gauge,
     /// `dingtalk_relay_store_errors_total{op}`: store operations that failed, by operation.
     pub store_errors: IntCounterVec,
+    /// `dingtalk_relay_quota_used_calls{api}`: metered DingTalk calls this quota month (every
+    /// replica's, as the store counts them).
+    pub quota_used: prometheus::IntGaugeVec,
+    /// `dingtalk_relay_quota_limit_calls`: `dingtalk.quota.monthly` (0 = no limit set).
+    pub quota_limit: IntGauge,
+    /// `dingtalk_relay_quota_reserve_calls`: `dingtalk.quota.reserve`.
+    pub quota_reserve: IntGauge,
+    /// `dingtalk_relay_quota_projected_calls`: month-end use at this month's rate so far.
+    pub quota_projected: IntGauge,
+    /// `dingtalk_relay_quota_exhausted`: 1 when DingTalk answered 90020 this month.
+    pub quota_exhausted: IntGauge,
     /// The labels [`Metrics::track`] exported at 0 last time, to drop those a reload removed.
     tracked: Mutex<Tracked>,
 }
@@ -332,6 +343,36 @@ impl Metrics {
         for op in ["enqueue", "add_digest_event", "mark_delivered", "probe"] {
             store_errors.with_label_values(&[op]);
         }
+        let quota_used = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "dingtalk_relay_quota_used_calls",
+                "Metered DingTalk calls this quota month, by API (all replicas sharing the store).",
+            ),
+            &["api"],
+        )
+        .expect("metric names and labels are static and valid");
+        registry
+            .register(Box::new(quota_used.clone()))
+            .expect("each metric is registered once in a fresh registry");
+        for api in crate::quota::METERED {
+            quota_used.with_label_values(&[api]).set(0);
+        }
+        let quota_limit = gauge(
+            "dingtalk_relay_quota_limit_calls",
+            "The relay's monthly budget of metered DingTalk calls (dingtalk.quota.monthly; 0 = no limit).",
+        );
+        let quota_reserve = gauge(
+            "dingtalk_relay_quota_reserve_calls",
+            "Remaining budget at or below which routes follow on_quota_low (dingtalk.quota.reserve).",
+        );
+        let quota_projected = gauge(
+            "dingtalk_relay_quota_projected_calls",
+            "Metered DingTalk calls projected for the whole quota month at the rate so far.",
+        );
+        let quota_exhausted = gauge(
+            "dingtalk_relay_quota_exhausted",
+            "1 when DingTalk answered 90020 (organisation quota used up) this quota month.",
+        );
         Self(Arc::new(Series {
             registry,
             webhooks_ignored,
@@ -339,6 +380,11 @@ impl Metrics {
             config_last_reload_success_timestamp,
             tracked: Mutex::default(),
             store_errors,
+            quota_used,
+            quota_limit,
+            quota_reserve,
+            quota_projected,
+            quota_exhausted,
             digests,
             digest_events_folded,
             digest_reports_saved,

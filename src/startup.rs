@@ -19,6 +19,7 @@ use crate::dingtalk::{self, DingTalkClient};
 use crate::inbound;
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
+use crate::quota::{self, Clock, Quota};
 use crate::sandbox::{FakeDingTalk, FakeOptions};
 use crate::state::{AppState, Runtime, SharedRuntime};
 use crate::store;
@@ -42,6 +43,7 @@ pub struct Reloader {
     runtime: SharedRuntime,
     metrics: Metrics,
     shared_limit: Option<Arc<dyn dingtalk::SharedLimit>>,
+    quota: Arc<Quota>,
     busy: tokio::sync::Mutex<()>,
 }
 
@@ -111,10 +113,11 @@ impl Reloader {
         }
         let mapper = Mapper::new(&settings)
             .map_err(|issues| crate::config::ConfigError::Invalid(issues).to_string())?;
-        let client = DingTalkClient::with_shared_limit(
+        let client = DingTalkClient::with_ledger(
             &settings.dingtalk,
             self.metrics.clone(),
             self.shared_limit.clone(),
+            Some(self.quota.clone()),
         )
         .map_err(|e| e.to_string())?
         .inherit(&settings.dingtalk, &current.client, &old.dingtalk)
@@ -127,6 +130,7 @@ impl Reloader {
             settings.routes.len(),
             settings.dingtalk.apps.len()
         );
+        self.quota.configure(settings.dingtalk.quota.clone());
         self.runtime.store(Arc::new(Runtime {
             settings: Arc::new(settings),
             mapper: Arc::new(mapper),
@@ -152,7 +156,17 @@ impl Application {
     /// Validates `settings` for `mode`, opens the store, starts the sandbox in sandbox mode,
     /// checks templates against DingTalk (a definite mismatch stops startup; an unreachable
     /// DingTalk does not) and binds both listeners.
-    pub async fn build(mut settings: Settings, mode: Mode) -> anyhow::Result<Self> {
+    pub async fn build(settings: Settings, mode: Mode) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, mode, quota::system_clock()).await
+    }
+
+    /// [`Application::build`] with the quota month read from `clock` (tests move it across a
+    /// month boundary).
+    pub async fn build_with_clock(
+        mut settings: Settings,
+        mode: Mode,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
         let sandbox = if mode == Mode::Sandbox {
             let options = FakeOptions::default();
             let (fake, base_url) = FakeDingTalk::spawn(options.clone())
@@ -185,10 +199,17 @@ impl Application {
         let store: Arc<dyn store::Store> = store::Observed::new(store, &metrics);
         // Replicas sharing a PostgreSQL store share DingTalk's rate limit through it.
         let shared_limit = store.shared_limit();
-        let client = DingTalkClient::with_shared_limit(
+        let quota = Arc::new(Quota::new(
+            store.quota(),
+            settings.dingtalk.quota.clone(),
+            clock,
+            metrics.clone(),
+        ));
+        let client = DingTalkClient::with_ledger(
             &settings.dingtalk,
             metrics.clone(),
             shared_limit.clone(),
+            Some(quota.clone()),
         )
         .context("building the DingTalk client")?;
         check_templates(&settings, &client).await?;
@@ -208,6 +229,7 @@ impl Application {
             metrics: metrics.clone(),
             handle: delivery.clone(),
             lease,
+            quota: quota.clone(),
         };
         let (sandbox, sandbox_source) = match sandbox {
             Some((fake, base_url, options)) => (Some(fake), Some((base_url, options))),
@@ -220,6 +242,7 @@ impl Application {
             runtime: runtime.clone(),
             metrics: metrics.clone(),
             shared_limit,
+            quota: quota.clone(),
             busy: tokio::sync::Mutex::new(()),
         });
         // Counted once everything above accepted the configuration.
@@ -232,6 +255,7 @@ impl Application {
             sandbox,
             reloader,
             rate_limits: Arc::default(),
+            quota,
         };
         Ok(Self {
             listener,
@@ -318,7 +342,10 @@ pub(crate) async fn template_problems(
     let mut problems = Vec::new();
     for (name, route) in &settings.routes {
         let owner = route.template.owner.as_deref().unwrap_or(&route.author);
-        let lookup = client.resolve_template(&route.app, &route.template, owner);
+        let lookup = quota::spending_for(
+            name,
+            client.resolve_template(&route.app, &route.template, owner),
+        );
         let template = match tokio::time::timeout(TEMPLATE_CHECK_TIMEOUT, lookup).await {
             Ok(Ok(t)) => t,
             Ok(Err(dingtalk::Error::Config(message))) => {

@@ -11,6 +11,7 @@ use crate::dingtalk::DingTalkClient;
 use crate::inbound::rate_limit::RateLimiter;
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
+use crate::quota::Quota;
 use crate::sandbox::FakeDingTalk;
 use crate::startup::Reloader;
 use crate::store::Store;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     /// The token buckets of routes with a `rate_limit`.
     pub rate_limits: Arc<RateLimiter>,
+    /// The monthly DingTalk call budget.
+    pub quota: Arc<Quota>,
 }
 
 impl AppState {

@@ -38,6 +38,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "get", "/v1/deliveries/{id}"),
     ("admin", "post", "/v1/deliveries/{id}/retry"),
     ("admin", "get", "/v1/digests/{route}"),
+    ("admin", "get", "/v1/quota"),
+    ("admin", "delete", "/v1/quota/exhausted"),
     ("admin", "post", "/-/reload"),
 ];
 
@@ -48,6 +50,8 @@ const NOT_EXERCISED: &[(&str, &str, u16)] = &[
     ("get", "/v1/deliveries/{id}", 503),
     ("post", "/v1/deliveries/{id}/retry", 503),
     ("get", "/v1/digests/{route}", 503),
+    ("get", "/v1/quota", 503),
+    ("delete", "/v1/quota/exhausted", 503),
     // Digest templates are checked against samples at startup; one that fails only on some
     // real events is the same code path as the webhook's 500, which is exercised.
     ("get", "/v1/digests/{route}", 500),
@@ -948,6 +952,28 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     doc.expect("get", digest, relay.admin_get("/v1/digests/nope"), 404)
         .await;
+
+    let quota = "/v1/quota";
+    doc.expect("get", quota, open(quota), 401).await;
+    let status = doc.expect("get", quota, relay.admin_get(quota), 200).await;
+    assert!(status["used"].as_u64().unwrap() >= 1, "{status}");
+    let exhausted = "/v1/quota/exhausted";
+    doc.expect(
+        "delete",
+        exhausted,
+        relay.http.delete(format!("{}{exhausted}", relay.admin)),
+        401,
+    )
+    .await;
+    let cleared = doc
+        .expect(
+            "delete",
+            exhausted,
+            relay.admin(reqwest::Method::DELETE, exhausted),
+            200,
+        )
+        .await;
+    assert_eq!(cleared["cleared"], false);
 
     let reload = "/-/reload";
     doc.expect(

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DeliverySettings;
 use crate::dingtalk::{self, DingTalkClient, Disposition, Reconciliation};
 use crate::metrics::Metrics;
+use crate::quota::{self, Decision, Quota};
 use crate::state::SharedRuntime;
 use crate::store::{Delivery, LastError, State, Store};
 
@@ -106,6 +107,8 @@ pub struct Worker {
     pub handle: DeliveryHandle,
     /// How long a claimed delivery is held before another worker may take it.
     pub lease: Duration,
+    /// The monthly DingTalk call budget: whether a delivery may spend a call now.
+    pub quota: Arc<Quota>,
 }
 
 /// How often the queue is checked when nothing wakes the workers (other replicas' work,
@@ -165,7 +168,8 @@ impl Worker {
                 let worker = self.clone();
                 let cancel = cancel.clone();
                 tasks.spawn(async move {
-                    worker.deliver(delivery, &cancel).await;
+                    let route = delivery.route.clone();
+                    quota::spending_for(&route, worker.deliver(delivery, &cancel)).await;
                     drop(permit);
                 });
             }
@@ -217,6 +221,9 @@ impl Worker {
             self.release(&delivery).await;
             return;
         }
+        if self.held_for_quota(&delivery).await {
+            return;
+        }
         // One snapshot for the whole attempt: a reload meanwhile must not mix two clients.
         let client = self.client();
         let draft = &delivery.draft;
@@ -255,6 +262,42 @@ impl Worker {
             Ok(report_id) => self.delivered(&delivery, &report_id, cancel).await,
             Err(e) => self.settle(&delivery, e, Some(started)).await,
         }
+    }
+
+    /// Keeps the delivery queued, without spending its attempt, when the month's quota is
+    /// exhausted or its route holds at the reserve. `true` when it was held.
+    async fn held_for_quota(&self, delivery: &Delivery) -> bool {
+        let policy = self
+            .runtime
+            .load()
+            .settings
+            .routes
+            .get(&delivery.route)
+            .map(|r| r.on_quota_low)
+            .unwrap_or_default();
+        let (reason, wait) = match self.quota.decide(&delivery.route, policy).await {
+            Ok(Decision::Send) => return false,
+            Ok(Decision::Hold { reason, wait }) => (reason, wait),
+            Err(e) => {
+                // Not knowing the count is no reason to stop: DingTalk still says 90020.
+                tracing::warn!(error = %e, "quota unknown (store); sending");
+                return false;
+            }
+        };
+        let now = Utc::now();
+        self.count(delivery, "held");
+        let last = LastError {
+            errcode: None,
+            errmsg: reason,
+        };
+        if let Err(e) = self
+            .store
+            .hold(&delivery.id, later(now, wait), &last, now)
+            .await
+        {
+            tracing::error!(error = %e, "could not hold the delivery; its lease will expire");
+        }
+        true
     }
 
     /// Asks report/list whether the report exists. `None`: undecidable, and the delivery has

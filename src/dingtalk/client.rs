@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::error::{Disposition, Error, check_body};
+use super::ledger::Ledger;
 use super::model::{
     CreateReportParam, CreateReportRequest, GetByNameResult, ListResult, ListedReport,
     ResolvedTemplate, TokenAnswer,
@@ -36,6 +37,8 @@ struct Pause {
 
 /// The key of a pause that stops every app (an IP ban applies to the whole relay).
 const EVERY_APP: &str = "*";
+/// How long an app pauses after 90020 when a [`Ledger`] holds deliveries for the month.
+const LEDGER_QUOTA_PAUSE: Duration = Duration::from_secs(60);
 /// How long DingTalk bans an IP that called too often.
 const IP_BAN_WAIT: Duration = Duration::from_secs(300);
 
@@ -45,9 +48,26 @@ struct Inner {
     base_url: String,
     apps: HashMap<String, App>,
     tokens: TokenCache,
-    templates: Cache<(String, String, String), ResolvedTemplate>,
+    templates: Cache<(String, String, String), (ResolvedTemplate, Duration)>,
+    template_ttl: Duration,
     margin: Duration,
     metrics: Metrics,
+    ledger: Option<Arc<dyn Ledger>>,
+}
+
+/// Each cached template lives for the time it had left when it was cached (a template read
+/// back from the store is as old as its first lookup).
+struct TemplateExpiry;
+
+impl moka::Expiry<(String, String, String), (ResolvedTemplate, Duration)> for TemplateExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &(String, String, String),
+        value: &(ResolvedTemplate, Duration),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
 }
 
 /// The DingTalk API client. Cheap to clone.
@@ -77,6 +97,17 @@ impl DingTalkClient {
         settings: &DingTalkSettings,
         metrics: Metrics,
         shared: Option<Arc<dyn SharedLimit>>,
+    ) -> Result<Self> {
+        Self::with_ledger(settings, metrics, shared, None)
+    }
+
+    /// A client that also tells `ledger` about its metered calls and keeps resolved templates
+    /// in it (when given).
+    pub fn with_ledger(
+        settings: &DingTalkSettings,
+        metrics: Metrics,
+        shared: Option<Arc<dyn SharedLimit>>,
+        ledger: Option<Arc<dyn Ledger>>,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
@@ -113,10 +144,12 @@ impl DingTalkClient {
                 tokens: TokenCache::new(),
                 templates: Cache::builder()
                     .max_capacity(1024)
-                    .time_to_live(settings.template_cache_ttl)
+                    .expire_after(TemplateExpiry)
                     .build(),
+                template_ttl: settings.template_cache_ttl,
                 margin: settings.token_refresh_margin,
                 metrics,
+                ledger,
             }),
         })
     }
@@ -168,9 +201,35 @@ impl DingTalkClient {
         let key = (app.to_owned(), name.clone(), owner.clone());
         self.inner
             .templates
-            .try_get_with(key, self.fetch_template(app, name, owner))
+            .try_get_with(key, self.fetch_template_kept(app, name, owner))
             .await
+            .map(|(template, _)| template)
             .map_err(|e| (*e).clone())
+    }
+
+    /// The template from the ledger when another process resolved it recently, else from
+    /// getbyname (then kept in the ledger).
+    async fn fetch_template_kept(
+        &self,
+        app: &str,
+        name: String,
+        owner: String,
+    ) -> Result<(ResolvedTemplate, Duration)> {
+        let ttl = self.inner.template_ttl;
+        let Some(ledger) = &self.inner.ledger else {
+            return Ok((self.fetch_template(app, name, owner).await?, ttl));
+        };
+        let app_key = self.app(app)?.app_key.clone();
+        if let Some(kept) = ledger.template(&app_key, &name, &owner).await {
+            return Ok(kept);
+        }
+        let template = self
+            .fetch_template(app, name.clone(), owner.clone())
+            .await?;
+        ledger
+            .keep_template(&app_key, &name, &owner, &template, ttl)
+            .await;
+        Ok((template, ttl))
     }
 
     async fn fetch_template(
@@ -348,12 +407,14 @@ impl DingTalkClient {
         match result {
             Ok(_) => self.resume(app),
             Err(e @ Error::Api { code: 90020, .. }) => {
-                self.pause(
-                    app,
-                    "quota_exhausted",
-                    super::error::QUOTA_WAIT,
-                    e.to_string(),
-                );
+                // With a ledger, the month is marked exhausted for every replica and deliveries
+                // are held there; the local pause only stops calls already under way.
+                let wait = if self.inner.ledger.is_some() {
+                    LEDGER_QUOTA_PAUSE
+                } else {
+                    super::error::QUOTA_WAIT
+                };
+                self.pause(app, "quota_exhausted", wait, e.to_string());
             }
             Err(
                 e @ Error::InvalidBody {
@@ -450,6 +511,20 @@ impl DingTalkClient {
             }
         }
         self
+    }
+
+    /// Lifts every app's pause for the exhausted monthly quota (an operator says the
+    /// organisation's quota was raised).
+    pub fn resume_quota(&self) {
+        let apps: Vec<String> = self
+            .pauses()
+            .iter()
+            .filter(|(_, p)| p.reason == "quota_exhausted")
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in apps {
+            self.resume(&app);
+        }
     }
 
     /// Forgets cached tokens and templates (after a configuration reload).
@@ -566,7 +641,9 @@ impl DingTalkClient {
                 .post(&url)
                 .query(&[("access_token", &*token.value)])
                 .json(body);
-            match self.send(api, request).await {
+            let result = self.send(api, request).await;
+            self.account(api, &result).await;
+            match result {
                 Err(e) if attempt == 0 && e.disposition(false) == Disposition::RefreshToken => {
                     tracing::info!(app, api, error = %e, "token refused; refreshing once");
                     self.inner.tokens.invalidate(app, &token).await;
@@ -576,6 +653,19 @@ impl DingTalkClient {
             }
         }
         unreachable!("the loop returns on its second pass")
+    }
+
+    /// Tells the ledger about a metered request: every one that left the relay counts (even
+    /// unanswered: DingTalk may have counted it), but not one refused for the quota itself.
+    async fn account(&self, api: &'static str, result: &Result<Value>) {
+        let Some(ledger) = &self.inner.ledger else {
+            return;
+        };
+        match result {
+            Err(Error::Connect { .. }) => {}
+            Err(e @ Error::Api { code: 90020, .. }) => ledger.exhausted(&e.to_string()).await,
+            _ => ledger.spent(api).await,
+        }
     }
 
     /// Sends one request; HTTP, body and errcode failures become [`Error`]s. Measured.

@@ -4,12 +4,14 @@
 
 mod client;
 pub mod error;
+mod ledger;
 pub mod model;
 mod ratelimit;
 mod token;
 
 pub use client::{DingTalkClient, Reconciliation};
 pub use error::{Disposition, Error};
+pub use ledger::Ledger;
 pub use model::{CreateReportParam, ReportContent, ResolvedTemplate, TemplateField};
 pub use ratelimit::SharedLimit;
 

@@ -1,5 +1,5 @@
 //! The admin listener's handlers: metrics, health, readiness, the delivery API, the digest
-//! preview, the sandbox's report list, and `POST /-/reload`. `/v1/*` and `/-/reload` need
+//! preview, the quota budget, the sandbox's report list, and `POST /-/reload`. `/v1/*` and `/-/reload` need
 //! `server.admin_token` when it is set, and are closed in `serve` without one unless the admin
 //! listener is bound to a loopback address.
 
@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use chrono::SecondsFormat;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,6 +31,8 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/v1/deliveries/{id}", get(get_delivery))
         .route("/v1/deliveries/{id}/retry", post(retry_delivery))
         .route("/v1/digests/{route}", get(preview_digest))
+        .route("/v1/quota", get(quota))
+        .route("/v1/quota/exhausted", delete(clear_quota_exhausted))
         .route("/-/reload", post(reload))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
@@ -105,6 +107,7 @@ async fn reload(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.quota.refresh().await;
     match state.store.stats().await {
         Ok(stats) => {
             state
@@ -148,7 +151,11 @@ async fn readiness(State(state): State<AppState>) -> Response {
     // DingTalk refusing an app (credentials, quota, IP ban) does not make the relay unready:
     // webhooks are still stored and delivered once DingTalk accepts calls again. It is said
     // here, and in dingtalk_relay_dingtalk_paused.
-    let warnings = state.runtime.load().client.problems();
+    let mut warnings = state.runtime.load().client.problems();
+    match state.quota.status().await {
+        Ok(status) => warnings.extend(status.warnings),
+        Err(e) => tracing::warn!(error = %e, "quota unavailable for /readyz"),
+    }
     match reason {
         None if warnings.is_empty() => Json(json!({"status": "ready"})).into_response(),
         None => Json(json!({"status": "ready", "warnings": warnings})).into_response(),
@@ -158,6 +165,21 @@ async fn readiness(State(state): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// The month's metered DingTalk calls: used, limit, by API and route, days left, projection.
+async fn quota(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let status = state.quota.status().await.map_err(store_error)?;
+    Ok(Json(json!(status)))
+}
+
+/// Forgets DingTalk's 90020 for this month (the organisation's quota was raised): held
+/// deliveries go out at their next look.
+async fn clear_quota_exhausted(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let cleared = state.quota.clear_exhausted().await.map_err(store_error)?;
+    state.runtime.load().client.resume_quota();
+    tracing::warn!(cleared, "quota exhaustion cleared by an operator");
+    Ok(Json(json!({"cleared": cleared})))
 }
 
 async fn sandbox_reports(State(state): State<AppState>) -> Response {

@@ -294,8 +294,76 @@ fn admin_paths() -> Vec<(&'static str, Value)> {
             "/v1/digests/{route}",
             admin_item(json!({"get": preview_digest_op()})),
         ),
+        ("/v1/quota", admin_item(json!({"get": quota_op()}))),
+        (
+            "/v1/quota/exhausted",
+            admin_item(json!({"delete": clear_quota_exhausted_op()})),
+        ),
         ("/-/reload", admin_item(json!({"post": reload_op()}))),
     ]
+}
+
+fn quota_op() -> Value {
+    json!({
+        "tags": ["admin"],
+        "operationId": "quota",
+        "summary": "The month's metered DingTalk calls against the budget",
+        "description": "Metered DingTalk calls (report/create, uncached template/getbyname, report/list; gettoken is exempt) of the current quota month (`dingtalk.quota.timezone`), counted in the store, so every replica on one PostgreSQL store answers the same: used, `dingtalk.quota.monthly`, by API and by route, days left, and the month-end projection at the rate so far. The organisation's other apps spend from the same DingTalk pool and are not counted here.",
+        "security": admin_security(),
+        "responses": {
+            "200": {"description": "The month so far.", "content": json_content("Quota")},
+            "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "503": {"$ref": "#/components/responses/Unavailable"},
+        },
+    })
+}
+
+fn clear_quota_exhausted_op() -> Value {
+    json!({
+        "tags": ["admin"],
+        "operationId": "clearQuotaExhausted",
+        "summary": "Forget DingTalk's 90020 for this month",
+        "description": "After DingTalk answered 90020 (the organisation's monthly quota is used up), every replica holds deliveries until the month turns. When the organisation's quota was raised (an upgrade), this lifts the mark for every replica; held deliveries go out at their next look (`dingtalk.quota.hold_recheck`).",
+        "security": admin_security(),
+        "responses": {
+            "200": {"description": "Whether the month was marked exhausted.", "content": json_content("QuotaCleared")},
+            "401": {"$ref": "#/components/responses/AdminUnauthorized"},
+            "503": {"$ref": "#/components/responses/Unavailable"},
+        },
+    })
+}
+
+fn quota_schema() -> Value {
+    let calls = json!({"type": "integer", "minimum": 0});
+    let by_api = json!({"type": "object", "additionalProperties": calls, "description": "Calls by API (`report_create`, `template_getbyname`, `report_list`)."});
+    json!({
+        "type": "object",
+        "required": ["month", "timezone", "used", "limit", "reserve", "remaining", "by_api", "by_route", "days_left", "resets_at", "projected", "reserve_reached", "exhausted", "warnings"],
+        "additionalProperties": false,
+        "properties": {
+            "month": {"type": "string", "example": "2026-12", "description": "The quota month, `YYYY-MM` in `timezone`."},
+            "timezone": {"type": "string", "description": "`dingtalk.quota.timezone`: where the month turns."},
+            "used": calls,
+            "limit": {"type": "integer", "minimum": 1, "nullable": true, "description": "`dingtalk.quota.monthly`; null counts without a limit."},
+            "reserve": calls,
+            "remaining": {"type": "integer", "minimum": 0, "nullable": true, "description": "`limit - used`, when a limit is set."},
+            "by_api": by_api,
+            "by_route": {"type": "object", "additionalProperties": by_api, "description": "Calls by route (`-`: outside a route's work), then API."},
+            "days_left": {"type": "number", "minimum": 0, "description": "Days until the month turns."},
+            "resets_at": time_schema("When the month turns.", false),
+            "projected": {"type": "integer", "minimum": 0, "description": "Month-end use if the rest of the month goes like the part so far (`used` in its first hour)."},
+            "reserve_reached": {"type": "boolean", "description": "`remaining <= reserve`: routes follow `on_quota_low`."},
+            "exhausted": {
+                "type": "object",
+                "nullable": true,
+                "description": "Set when DingTalk answered 90020 this month.",
+                "required": ["at", "detail"],
+                "additionalProperties": false,
+                "properties": {"at": time_schema("First seen, by any replica.", false), "detail": {"type": "string"}},
+            },
+            "warnings": {"type": "array", "items": {"type": "string"}, "description": "What `/readyz` warns about the quota."},
+        },
+    })
 }
 
 fn admin_item(mut operations: Value) -> Value {
@@ -646,7 +714,17 @@ fn schemas() -> Value {
         ("LastError", last_error_schema()),
         ("DeliveryList", delivery_list_schema()),
         ("Health", status_schema("ok", None)),
-        ("Ready", status_schema("ready", None)),
+        ("Ready", ready_schema()),
+        ("Quota", quota_schema()),
+        (
+            "QuotaCleared",
+            json!({
+                "type": "object",
+                "required": ["cleared"],
+                "additionalProperties": false,
+                "properties": {"cleared": {"type": "boolean"}},
+            }),
+        ),
         ("NotReady", status_schema("not_ready", Some("reason"))),
         ("Reloaded", status_schema("reloaded", Some("summary"))),
         ("SandboxReports", sandbox_reports_schema()),
@@ -794,6 +872,16 @@ fn delivery_list_schema() -> Value {
         "additionalProperties": false,
         "properties": {"deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}}},
     })
+}
+
+fn ready_schema() -> Value {
+    let mut schema = status_schema("ready", None);
+    schema["properties"]["warnings"] = json!({
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "What does not stop webhooks but delays deliveries: DingTalk refusing an app (credentials, quota, IP ban), the quota past `warn_at` or projected over the budget.",
+    });
+    schema
 }
 
 fn status_schema(status: &str, text: Option<&str>) -> Value {

@@ -104,6 +104,9 @@ async fn create(
         Ok(hang) => hang,
         Err(response) => return response,
     };
+    if !fake.take_quota() {
+        return quota_used_up(&fake);
+    }
     let answer = fake.create_report(&query, parsed.as_ref());
     if let Some(delay) = hang {
         pause(delay).await;
@@ -121,6 +124,9 @@ async fn getbyname(
     fake.inner.getbyname_calls.fetch_add(1, Ordering::SeqCst);
     let latency = fake.ledger().latency;
     pause(latency).await;
+    if !fake.take_quota() {
+        return quota_used_up(&fake);
+    }
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
     let answer = fake.template_by_name(&query, &headers, &body);
     tracing::debug!(
@@ -144,6 +150,9 @@ async fn list(
     pause(latency).await;
     if let Err(response) = apply_fault(&fake, fault, true).await {
         return response;
+    }
+    if !fake.take_quota() {
+        return quota_used_up(&fake);
     }
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
     let answer = fake.list_reports(&query, &headers, &body);
@@ -713,6 +722,11 @@ fn json_response(answer: Answer, with_request_id: bool) -> Response {
         map.insert("request_id".to_owned(), Value::String(random_request_id()));
     }
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// The answer to a metered call once the organisation's monthly quota is used up.
+fn quota_used_up(fake: &FakeDingTalk) -> Response {
+    fault_response(fake, &Fault::Wrapped("90020".to_owned()), true)
 }
 
 /// The answer for an injected fault (not `Delay` / `CommitThenHang`, handled by the caller).

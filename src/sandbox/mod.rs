@@ -208,6 +208,10 @@ struct Ledger {
     create_faults: VecDeque<Fault>,
     gettoken_faults: VecDeque<Fault>,
     list_faults: VecDeque<Fault>,
+    /// The organisation's monthly quota of metered calls, when one is set, and the metered
+    /// calls it has taken (refused ones are not taken).
+    monthly_quota: Option<u64>,
+    quota_used: u64,
 }
 
 struct Inner {
@@ -250,6 +254,8 @@ impl FakeDingTalk {
             create_faults: VecDeque::new(),
             gettoken_faults: VecDeque::new(),
             list_faults: VecDeque::new(),
+            monthly_quota: None,
+            quota_used: 0,
         };
         Self {
             inner: Arc::new(Inner {
@@ -370,6 +376,28 @@ impl FakeDingTalk {
     /// Queues a fault for the next `report/list` call.
     pub fn push_list_fault(&self, fault: Fault) {
         self.ledger().list_faults.push_back(fault);
+    }
+
+    /// Gives the organisation a quota of `calls` metered calls (report/create, getbyname,
+    /// report/list; gettoken is exempt) from now on, or none; beyond it every metered call is
+    /// answered `errcode 88` / `sub_code 90020` as DingTalk does when the month's quota is used
+    /// up. Setting it starts the count again (a new month, or an upgrade).
+    pub fn set_monthly_quota(&self, calls: Option<u64>) {
+        let mut ledger = self.ledger();
+        ledger.monthly_quota = calls;
+        ledger.quota_used = 0;
+    }
+
+    /// Takes one metered call from the quota; `false` when it is used up.
+    fn take_quota(&self) -> bool {
+        let mut ledger = self.ledger();
+        match ledger.monthly_quota {
+            Some(quota) if ledger.quota_used >= quota => false,
+            _ => {
+                ledger.quota_used += 1;
+                true
+            }
+        }
     }
 
     /// Changes the delay added to every answer.

@@ -64,6 +64,7 @@ impl Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    quota: std::sync::Arc<super::MemoryQuota>,
 }
 
 impl MemoryStore {
@@ -398,5 +399,25 @@ impl Store for MemoryStore {
             events: events.len() as u64,
             deliveries: ids,
         }))
+    }
+
+    fn quota(&self) -> std::sync::Arc<dyn super::QuotaStore> {
+        self.quota.clone()
+    }
+
+    async fn hold(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.update(id, now, |d| {
+            d.state = State::Queued;
+            d.attempts = d.attempts.saturating_sub(1);
+            d.next_attempt_at = Some(at);
+            d.last_error = Some(reason.clone());
+        });
+        Ok(())
     }
 }

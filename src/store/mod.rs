@@ -8,6 +8,7 @@ mod file_watch;
 mod memory;
 mod observed;
 mod postgres;
+mod quota;
 mod sql;
 mod sqlite;
 mod stored;
@@ -27,6 +28,7 @@ use crate::sources::Event;
 pub use memory::MemoryStore;
 pub use observed::Observed;
 pub use postgres::PostgresStore;
+pub use quota::{Exhausted, MemoryQuota, MonthUse, QuotaCalls, QuotaStore, TemplateKey};
 pub use sqlite::SqliteStore;
 
 /// Store results.
@@ -320,6 +322,18 @@ pub trait Store: Send + Sync + 'static {
     fn problem(&self) -> Option<String> {
         None
     }
+    /// The quota ledger kept in this store (shared by every replica on PostgreSQL).
+    fn quota(&self) -> Arc<dyn QuotaStore>;
+    /// Back to the queue until `at` without spending the attempt, keeping `sending_since` and
+    /// noting why (the monthly quota holds it): unlike [`Store::defer`], an earlier create
+    /// whose outcome is unknown is still reconciled before anything is sent.
+    async fn hold(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 }
 
 /// Opens the store `url` selects (creating and migrating a SQLite file as needed).

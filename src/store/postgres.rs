@@ -686,6 +686,36 @@ impl Store for PostgresStore {
         super::digest_sql::postgres::close(&self.pool, route, period_end, now, build).await
     }
 
+    async fn hold(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
+             next_attempt_at = $1, last_errcode = $2, last_errmsg = $3, \
+             lease_until = NULL, updated_at = $4 WHERE id = $5",
+        )
+        .bind(ms(at))
+        .bind(reason.errcode)
+        .bind(&reason.errmsg)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn quota(&self) -> Arc<dyn super::QuotaStore> {
+        Arc::new(super::quota::PostgresQuota {
+            writer: self.pool.clone(),
+            reader: self.pool.clone(),
+        })
+    }
+
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
         Some(Arc::new(SendSlots {
             pool: self.pool.clone(),

@@ -655,6 +655,36 @@ impl Store for SqliteStore {
     ) -> Result<Option<ClosedDigest>> {
         super::digest_sql::sqlite::close(&self.writer, route, period_end, now, build).await
     }
+
+    async fn hold(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = MAX(attempts - 1, 0), \
+             next_attempt_at = ?, last_errcode = ?, last_errmsg = ?, \
+             lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(reason.errcode)
+        .bind(&reason.errmsg)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn quota(&self) -> std::sync::Arc<dyn super::QuotaStore> {
+        std::sync::Arc::new(super::quota::SqliteQuota {
+            writer: self.writer.clone(),
+            reader: self.reader.clone(),
+        })
+    }
 }
 
 #[cfg(test)]

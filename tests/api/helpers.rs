@@ -39,6 +39,10 @@ pub struct TestConfig {
     pub admin_listen: &'static str,
     /// Extra YAML under `server:` (indented 2 spaces).
     pub server_extra: String,
+    /// `dingtalk.quota` (a YAML flow map).
+    pub quota: String,
+    /// The clock the quota month is read from (default: the real one).
+    pub clock: Option<dingtalk_relay::quota::Clock>,
 }
 
 impl Default for TestConfig {
@@ -61,6 +65,8 @@ impl Default for TestConfig {
             header_read_timeout: "10s",
             admin_listen: "127.0.0.1:0",
             server_extra: String::new(),
+            quota: "{}".to_owned(),
+            clock: None,
         }
     }
 }
@@ -98,6 +104,7 @@ dingtalk:
   timeout: {timeout}
   token_refresh_margin: 5m
   max_qps: {max_qps}
+  quota: {quota}
   apps:
     default:
       app_key: "{app_key}"
@@ -144,6 +151,7 @@ routes:
         header_read_timeout = config.header_read_timeout,
         admin_listen = config.admin_listen,
         server_extra = config.server_extra,
+        quota = config.quota,
     )
 }
 
@@ -161,13 +169,26 @@ pub async fn spawn_app_with(config: TestConfig) -> TestApp {
 
 /// Starts a relay against an existing fake (restarts reuse one).
 pub async fn spawn_app_on(config: TestConfig, fake: FakeDingTalk, base_url: String) -> TestApp {
-    spawn_app_from_yaml(&settings_yaml(&config, &base_url), fake).await
+    let clock = config
+        .clock
+        .clone()
+        .unwrap_or_else(dingtalk_relay::quota::system_clock);
+    spawn_app_from_yaml_with_clock(&settings_yaml(&config, &base_url), fake, clock).await
 }
 
 /// Starts a relay from settings YAML (e.g. [`settings_yaml`] edited) against `fake`.
 pub async fn spawn_app_from_yaml(yaml: &str, fake: FakeDingTalk) -> TestApp {
+    spawn_app_from_yaml_with_clock(yaml, fake, dingtalk_relay::quota::system_clock()).await
+}
+
+/// Starts a relay from settings YAML whose quota month is read from `clock`.
+async fn spawn_app_from_yaml_with_clock(
+    yaml: &str,
+    fake: FakeDingTalk,
+    clock: dingtalk_relay::quota::Clock,
+) -> TestApp {
     let settings = Settings::from_yaml(yaml).expect("test settings parse");
-    let app = Application::build(settings, Mode::Production)
+    let app = Application::build_with_clock(settings, Mode::Production, clock)
         .await
         .expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());

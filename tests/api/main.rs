@@ -11,6 +11,7 @@ mod limits;
 mod load;
 mod metrics;
 mod process;
+mod quota;
 mod shared_limit;
 mod sources;
 mod store_contract;

@@ -13,7 +13,7 @@ use dingtalk_relay::mapping::{DraftContent, ReportDraft};
 use dingtalk_relay::sources::{Event, Standup};
 use dingtalk_relay::store::{
     self, Delivery, DigestEvent, Enqueued, Error, LastError, MemoryStore, NewDelivery,
-    NewDigestEvent, QueueStats, State, Store,
+    NewDigestEvent, QueueStats, QuotaCalls, State, Store, TemplateKey,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -124,6 +124,10 @@ contract!(
     close_digest_folds_the_period_once,
     a_failed_digest_build_changes_nothing,
     digest_events_count_toward_max_queued,
+    quota_calls_add_up_per_month_api_and_route,
+    quota_exhaustion_is_kept_per_month_first_report_wins,
+    kept_templates_expire,
+    hold_keeps_sending_since_and_the_attempt_uncounted,
 );
 
 contract!(
@@ -1046,4 +1050,132 @@ async fn digest_events_count_toward_max_queued(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(again, Enqueued::Queued("e2".to_owned()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The quota ledger
+
+fn calls(api: &str, route: &str, n: u64) -> QuotaCalls {
+    QuotaCalls {
+        api: api.to_owned(),
+        route: route.to_owned(),
+        calls: n,
+    }
+}
+
+async fn quota_calls_add_up_per_month_api_and_route(store: Arc<dyn Store>) {
+    // Arrange
+    let quota = store.quota();
+    assert_eq!(quota.month("2026-11").await.unwrap().calls, Vec::new());
+
+    // Act
+    for (month, api, route, n) in [
+        ("2026-11", "report_create", "ci", 1),
+        ("2026-11", "report_create", "ci", 2),
+        ("2026-11", "report_create", "cd", 1),
+        ("2026-11", "template_getbyname", "ci", 1),
+        ("2026-12", "report_create", "ci", 5),
+    ] {
+        quota.add_calls(month, api, route, n).await.unwrap();
+    }
+
+    // Assert: sorted by (api, route); months apart; a second handle sees the same count.
+    let november = store.quota().month("2026-11").await.unwrap();
+    assert_eq!(
+        november.calls,
+        vec![
+            calls("report_create", "cd", 1),
+            calls("report_create", "ci", 3),
+            calls("template_getbyname", "ci", 1),
+        ]
+    );
+    assert_eq!(november.exhausted, None);
+    assert_eq!(
+        quota.month("2026-12").await.unwrap().calls,
+        vec![calls("report_create", "ci", 5)]
+    );
+}
+
+async fn quota_exhaustion_is_kept_per_month_first_report_wins(store: Arc<dyn Store>) {
+    let quota = store.quota();
+    let at = t0();
+    quota.mark_exhausted("2026-11", at, "first").await.unwrap();
+    quota
+        .mark_exhausted("2026-11", at + secs(5), "second")
+        .await
+        .unwrap();
+    let exhausted = quota.month("2026-11").await.unwrap().exhausted.unwrap();
+    assert_eq!((exhausted.at, exhausted.detail.as_str()), (at, "first"));
+    assert_eq!(quota.month("2026-12").await.unwrap().exhausted, None);
+    assert!(quota.clear_exhausted("2026-11").await.unwrap());
+    assert!(!quota.clear_exhausted("2026-11").await.unwrap());
+    assert_eq!(quota.month("2026-11").await.unwrap().exhausted, None);
+}
+
+async fn kept_templates_expire(store: Arc<dyn Store>) {
+    let quota = store.quota();
+    let key = TemplateKey {
+        app_key: "ding-app",
+        name: "日报",
+        owner: "manager01",
+    };
+    let other_owner = TemplateKey {
+        owner: "lead01",
+        ..key
+    };
+    let now = t0();
+    assert_eq!(quota.template(key, now).await.unwrap(), None);
+    quota
+        .keep_template(key, "{\"id\":\"t1\"}", now + HOUR_CHRONO)
+        .await
+        .unwrap();
+    assert_eq!(
+        quota.template(key, now).await.unwrap().as_deref(),
+        Some("{\"id\":\"t1\"}")
+    );
+    assert_eq!(quota.template(other_owner, now).await.unwrap(), None);
+    // Replaced by a newer resolution, and gone once expired.
+    quota
+        .keep_template(key, "{\"id\":\"t2\"}", now + HOUR_CHRONO)
+        .await
+        .unwrap();
+    assert_eq!(
+        quota.template(key, now).await.unwrap().as_deref(),
+        Some("{\"id\":\"t2\"}")
+    );
+    assert_eq!(quota.template(key, now + HOUR_CHRONO).await.unwrap(), None);
+}
+
+async fn hold_keeps_sending_since_and_the_attempt_uncounted(store: Arc<dyn Store>) {
+    // Arrange: a claimed delivery whose create was started (its outcome unknown).
+    let t0 = t0();
+    put(&store, "d1", t0).await;
+    store.claim(t0, 1, HOUR).await.expect("claim");
+    store.mark_sending("d1", t0).await.expect("mark_sending");
+
+    // Act
+    let until = t0 + secs(60);
+    let reason = error(None, "quota_hold: reserve reached");
+    store
+        .hold("d1", until, &reason, t0 + secs(1))
+        .await
+        .expect("hold");
+
+    // Assert: queued, no attempt spent, still to be reconciled, the reason shown.
+    let d = get(&store, "d1").await;
+    assert_eq!(d.state, State::Queued);
+    assert_eq!(d.attempts, 0);
+    assert_eq!(d.next_attempt_at, Some(until));
+    assert_eq!(d.sending_since, Some(t0));
+    assert_eq!(d.last_error, Some(reason));
+    assert!(
+        store
+            .claim(t0 + secs(59), 1, HOUR)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store.claim(until, 1, HOUR).await.expect("claim");
+    assert_eq!(ids(&again), ["d1"]);
+    assert_eq!(again[0].sending_since, Some(t0));
 }
