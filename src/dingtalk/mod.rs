@@ -8,7 +8,7 @@ pub mod model;
 mod ratelimit;
 mod token;
 
-pub use client::{DingTalkClient, Reconciliation};
+pub use client::{Created, DingTalkClient, Reconciliation};
 pub use error::{Disposition, Error};
 pub use model::{CreateReportParam, ReportContent, ResolvedTemplate, TemplateField};
 pub use ratelimit::SharedLimit;

@@ -140,14 +140,20 @@ pub(crate) struct ListResult {
     pub(crate) data_list: Vec<ListedReport>,
     #[serde(default)]
     pub(crate) has_more: bool,
-    #[serde(default, deserialize_with = "lenient_i64_default")]
-    pub(crate) next_cursor: i64,
+    /// Opaque; absent (or not a number) means there is no next page.
+    #[serde(default, deserialize_with = "lenient_i64_option")]
+    pub(crate) next_cursor: Option<i64>,
 }
 
 fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
     super::error::lenient_code(&value)
         .ok_or_else(|| serde::de::Error::custom(format!("expected an integer, got {value}")))
+}
+
+fn lenient_i64_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(super::error::lenient_code(&value))
 }
 
 fn lenient_i64_default<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {

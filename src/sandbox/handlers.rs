@@ -808,6 +808,20 @@ fn fault_response(fake: &FakeDingTalk, fault: &Fault, topapi: bool) -> Response 
              <body><h1>Access Denied</h1><p>您的访问因安全原因被拦截，请稍后再试。</p></body></html>",
         )
             .into_response(),
+        Fault::Oversized(size) => {
+            const CHUNK: u64 = 64 * 1024;
+            let chunk = bytes::Bytes::from(vec![b' '; CHUNK as usize]);
+            let chunks = size.div_ceil(CHUNK);
+            let stream = futures::stream::iter(
+                (0..chunks).map(move |_| Ok::<_, std::convert::Infallible>(chunk.clone())),
+            );
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
         Fault::IpBan => (
             StatusCode::OK,
             Json(json!({"status": 1111, "wait": 5, "source": "x5", "punish": "deny"})),

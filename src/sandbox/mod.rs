@@ -177,6 +177,9 @@ pub enum Fault {
     CommitThenResultObject,
     /// Process the call normally, then answer `errcode 0` without any `result`.
     CommitWithoutResult,
+    /// HTTP 200 with a body of this many bytes, streamed without a declared length and
+    /// never buffered by the fake (an answer of hundreds of MB), nothing processed.
+    Oversized(u64),
 }
 
 /// A report the fake has created.

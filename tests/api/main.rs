@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod delivery_retry;
 mod digest;
+mod exactly_once;
 mod limits;
 mod load;
 mod metrics;
