@@ -12,13 +12,22 @@ use tokio::time::Instant;
 use super::error::{Disposition, Error, check_body};
 use super::model::{
     CreateReportParam, CreateReportRequest, GetByNameResult, ListResult, ListedReport,
-    ResolvedTemplate, TokenAnswer,
+    ResolvedTemplate, TokenAnswer, V1TokenAnswer,
 };
 use super::ratelimit::{RateLimiter, SharedLimit};
 use super::token::{Token, TokenCache};
 use super::{Result, api, template_from_config};
-use crate::config::{DingTalkSettings, Secret, TemplateSettings};
+use crate::config::{DingTalkSettings, Secret, TemplateSettings, TokenApi};
 use crate::metrics::Metrics;
+
+/// The shape of a host's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Envelope {
+    /// oapi: HTTP 200 with `errcode`.
+    Oapi,
+    /// api.dingtalk.com: the HTTP status, and `{"code","message"}` on errors.
+    V1,
+}
 
 struct App {
     app_key: String,
@@ -43,6 +52,8 @@ struct Inner {
     pauses: std::sync::Mutex<HashMap<String, Pause>>,
     http: reqwest::Client,
     base_url: String,
+    token_api: TokenApi,
+    token_base_url: String,
     apps: HashMap<String, App>,
     tokens: TokenCache,
     templates: Cache<(String, String, String), ResolvedTemplate>,
@@ -152,6 +163,8 @@ impl DingTalkClient {
                 pauses: std::sync::Mutex::new(HashMap::new()),
                 http,
                 base_url: settings.base_url.trim_end_matches('/').to_owned(),
+                token_api: settings.token_api,
+                token_base_url: settings.token_base_url.trim_end_matches('/').to_owned(),
                 apps,
                 tokens: TokenCache::new(),
                 templates: Cache::builder()
@@ -466,8 +479,8 @@ impl DingTalkClient {
                 }
                 | Error::IpBanned { .. }),
             ) => self.pause(EVERY_APP, "ip_banned", IP_BAN_WAIT, e.to_string()),
-            Err(e @ Error::Api { api, .. })
-                if *api == api::GETTOKEN
+            Err(e @ (Error::Api { .. } | Error::Refused { .. }))
+                if e.api() == Some(api::GETTOKEN)
                     && matches!(e.disposition(true), Disposition::Defer(_)) =>
             {
                 self.pause(
@@ -522,33 +535,52 @@ impl DingTalkClient {
         let secret = app.app_secret.as_ref().ok_or_else(|| {
             Error::Config(format!("dingtalk.apps.{app_name}.app_secret is not set"))
         })?;
-        let request = self
-            .inner
-            .http
-            .get(format!("{}/gettoken", self.inner.base_url))
-            .query(&[
-                ("appkey", app.app_key.as_str()),
-                ("appsecret", secret.expose()),
-            ]);
-        let answer = self.send(api::GETTOKEN, request).await?;
-        let token: TokenAnswer =
-            serde_json::from_value(answer).map_err(|e| Error::InvalidBody {
-                api: api::GETTOKEN,
-                detail: format!("gettoken answer: {e}"),
-                ip_banned: false,
-            })?;
-        if token.access_token.is_empty() {
+        let (access_token, expires_in) = match self.inner.token_api {
+            TokenApi::Oapi => {
+                let request = self
+                    .inner
+                    .http
+                    .get(format!("{}/gettoken", self.inner.base_url))
+                    .query(&[
+                        ("appkey", app.app_key.as_str()),
+                        ("appsecret", secret.expose()),
+                    ]);
+                let answer = self.send(api::GETTOKEN, request).await?;
+                let token: TokenAnswer =
+                    serde_json::from_value(answer).map_err(|e| Error::InvalidBody {
+                        api: api::GETTOKEN,
+                        detail: format!("gettoken answer: {e}"),
+                        ip_banned: false,
+                    })?;
+                (token.access_token, token.expires_in)
+            }
+            TokenApi::V1 => {
+                let request = self
+                    .inner
+                    .http
+                    .post(format!(
+                        "{}/v1.0/oauth2/accessToken",
+                        self.inner.token_base_url
+                    ))
+                    .json(&json!({"appKey": app.app_key, "appSecret": secret.expose()}));
+                let answer = self.send_as(api::GETTOKEN, request, Envelope::V1).await?;
+                let token: V1TokenAnswer =
+                    serde_json::from_value(answer).map_err(|e| Error::InvalidBody {
+                        api: api::GETTOKEN,
+                        detail: format!("accessToken answer: {e}"),
+                        ip_banned: false,
+                    })?;
+                (token.access_token, token.expire_in)
+            }
+        };
+        if access_token.is_empty() {
             return Err(Error::InvalidBody {
                 api: api::GETTOKEN,
                 detail: "empty access_token".to_owned(),
                 ip_banned: false,
             });
         }
-        Ok(Token::new(
-            token.access_token,
-            token.expires_in,
-            self.inner.margin,
-        ))
+        Ok(Token::new(access_token, expires_in, self.inner.margin))
     }
 
     /// POSTs `body` with the app's token; on a token error drops the token, fetches once more
@@ -607,10 +639,21 @@ impl DingTalkClient {
         unreachable!("the loop returns on its second pass")
     }
 
-    /// Sends one request; HTTP, body and errcode failures become [`Error`]s. Measured.
+    /// Sends one request to the legacy host; HTTP, body and errcode failures become
+    /// [`Error`]s. Measured.
     async fn send(&self, api: &'static str, request: reqwest::RequestBuilder) -> Result<Value> {
+        self.send_as(api, request, Envelope::Oapi).await
+    }
+
+    /// Sends one request whose answer has the shape `envelope`. Measured.
+    async fn send_as(
+        &self,
+        api: &'static str,
+        request: reqwest::RequestBuilder,
+        envelope: Envelope,
+    ) -> Result<Value> {
         let started = Instant::now();
-        let result = self.send_unmeasured(api, request).await;
+        let result = self.send_unmeasured(api, request, envelope).await;
         let m = &self.inner.metrics;
         m.dingtalk_duration
             .with_label_values(&[api])
@@ -624,7 +667,7 @@ impl DingTalkClient {
                 tracing::warn!(api, errcode = code, request_id = e.request_id(), error = %e, "DingTalk answered with an error");
                 "errcode"
             }
-            Err(Error::Http { .. }) => "http_error",
+            Err(Error::Http { .. } | Error::Refused { .. }) => "http_error",
             Err(Error::InvalidBody { .. } | Error::IpBanned { .. }) => "invalid_body",
             Err(Error::Connect { .. } | Error::NoAnswer { .. }) => "transport",
             Err(Error::Config(_) | Error::Paused { .. }) => "config",
@@ -637,11 +680,24 @@ impl DingTalkClient {
         &self,
         api: &'static str,
         request: reqwest::RequestBuilder,
+        envelope: Envelope,
     ) -> Result<Value> {
         // `without_url` everywhere: the URL carries the token or the app secret.
         let response = request.send().await.map_err(|e| transport(api, e))?;
         let status = response.status().as_u16();
         let bytes = read_capped(api, response).await?;
+        if envelope == Envelope::V1 {
+            // The current host answers errors with an HTTP status and its own body.
+            if status != 200 {
+                return Err(super::error::refused(api, status, &bytes)
+                    .unwrap_or(Error::Http { api, status }));
+            }
+            return serde_json::from_slice(&bytes).map_err(|_| Error::InvalidBody {
+                api,
+                detail: snippet(&bytes),
+                ip_banned: false,
+            });
+        }
         if status != 200 {
             return Err(Error::Http { api, status });
         }

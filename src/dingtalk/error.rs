@@ -72,6 +72,21 @@ pub enum Error {
         /// API name.
         api: &'static str,
     },
+    /// An error answer of the current API host (api.dingtalk.com): an HTTP status with
+    /// `{"code","message","requestid"}`, e.g. 400 `invalidClientIdOrSecret`.
+    #[error("{api}: HTTP {status} {code}: {message}{}", request_id_suffix(.request_id.as_deref()))]
+    Refused {
+        /// API name.
+        api: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// `code`, e.g. `invalidClientIdOrSecret`.
+        code: String,
+        /// `message`.
+        message: String,
+        /// `requestid`.
+        request_id: Option<String>,
+    },
     /// A JSON answer with a non-zero errcode.
     #[error("{api}: errcode {code}: {message}{}", request_id_suffix(.request_id.as_deref()))]
     Api {
@@ -141,7 +156,9 @@ impl Error {
     /// DingTalk's `request_id` of the answer, when it gave one.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            Self::Api { request_id, .. } => request_id.as_deref(),
+            Self::Api { request_id, .. } | Self::Refused { request_id, .. } => {
+                request_id.as_deref()
+            }
             _ => None,
         }
     }
@@ -154,6 +171,7 @@ impl Error {
             | Self::Http { api, .. }
             | Self::InvalidBody { api, .. }
             | Self::IpBanned { api }
+            | Self::Refused { api, .. }
             | Self::Api { api, .. } => Some(api),
             Self::Paused { .. } | Self::Config(_) => None,
         }
@@ -180,6 +198,13 @@ impl Error {
             Self::Http { status, .. } if *status >= 500 && idempotent => Disposition::Retry,
             Self::Http { status, .. } if *status >= 500 => Disposition::Ambiguous,
             Self::Http { .. } => Disposition::Permanent,
+            Self::Refused { status, .. } if *status == 429 || *status >= 500 => Disposition::Retry,
+            // The token endpoint refused the app's key or secret.
+            Self::Refused {
+                api: super::api::GETTOKEN,
+                ..
+            } => Disposition::Defer(CREDENTIALS_WAIT),
+            Self::Refused { .. } => Disposition::Permanent,
             Self::Api {
                 api: super::api::GETTOKEN,
                 code,
@@ -252,6 +277,27 @@ fn hint(api: &str, code: i64) -> Option<&'static str> {
             "the userid is not a member the app can see: check routes.*.author, users and to_userids"
         }
         _ => return None,
+    })
+}
+
+/// Reads an error answer of the current API host (`{"code","message","requestid"}`), if the
+/// body is one.
+pub fn refused(api: &'static str, status: u16, body: &[u8]) -> Option<Error> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(200).collect::<String>())
+    };
+    Some(Error::Refused {
+        api,
+        status,
+        code: text("code")?,
+        message: text("message").unwrap_or_default(),
+        request_id: text("requestid")
+            .or_else(|| text("request_id"))
+            .filter(|id| id.len() <= 128),
     })
 }
 
@@ -510,6 +556,20 @@ mod tests {
         let huge = "r".repeat(10_000);
         let bloated = check_body("x", &json!({"errcode": -1, "request_id": huge})).unwrap_err();
         assert_eq!(bloated.request_id(), None);
+    }
+
+    #[test]
+    fn v1_refusals_of_the_token_endpoint_defer_like_refused_credentials() {
+        let body = br#"{"code":"invalidClientIdOrSecret","message":"bad","requestid":"R1"}"#;
+        let e = refused("gettoken", 400, body).expect("a v1 error body");
+        assert_eq!(e.disposition(true), Disposition::Defer(CREDENTIALS_WAIT));
+        assert_eq!(e.request_id(), Some("R1"));
+        assert!(e.to_string().contains("invalidClientIdOrSecret"), "{e}");
+        let busy = refused("gettoken", 500, br#"{"code":"systemBusy"}"#).unwrap();
+        assert_eq!(busy.disposition(true), Disposition::Retry);
+        let throttled = refused("gettoken", 429, br#"{"code":"x"}"#).unwrap();
+        assert_eq!(throttled.disposition(true), Disposition::Retry);
+        assert!(refused("gettoken", 502, b"<html>").is_none());
     }
 
     #[test]

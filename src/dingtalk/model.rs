@@ -98,6 +98,15 @@ pub(crate) struct TokenAnswer {
     pub(crate) expires_in: i64,
 }
 
+/// The answer of `POST /v1.0/oauth2/accessToken`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct V1TokenAnswer {
+    pub(crate) access_token: String,
+    #[serde(default = "default_expires_in", deserialize_with = "lenient_i64")]
+    pub(crate) expire_in: i64,
+}
+
 fn default_expires_in() -> i64 {
     7200
 }

@@ -27,6 +27,7 @@ type Answer = Result<Value, Value>;
 pub(super) fn router(fake: FakeDingTalk) -> Router {
     Router::new()
         .route("/gettoken", get(gettoken).fallback(need_get))
+        .route("/v1.0/oauth2/accessToken", post(access_token_v1))
         .route("/topapi/report/create", post(create).fallback(need_post))
         .route(
             "/topapi/report/template/getbyname",
@@ -118,6 +119,56 @@ async fn gettoken(State(fake): State<FakeDingTalk>, RawQuery(query): RawQuery) -
     };
     let answer = fake.issue_token(&query);
     tracing::debug!(errcode = errcode_of(&answer), "sandbox gettoken");
+    finish(&fake, answer, after, false).await
+}
+
+/// `POST /v1.0/oauth2/accessToken` (the current token endpoint of api.dingtalk.com):
+/// `{"appKey","appSecret"}` → `{"accessToken","expireIn"}`; errors are HTTP 400 with
+/// `{"code","message","requestid"}`. Same tokens and faults as `gettoken`.
+async fn access_token_v1(State(fake): State<FakeDingTalk>, body: Bytes) -> Response {
+    fake.inner.gettoken_calls.fetch_add(1, Ordering::SeqCst);
+    fake.inner.access_token_calls.fetch_add(1, Ordering::SeqCst);
+    let (latency, fault) = {
+        let mut ledger = fake.ledger();
+        (ledger.latency, ledger.gettoken_faults.pop_front())
+    };
+    pause(latency).await;
+    let after = match apply_fault(&fake, fault, false).await {
+        Ok(after) => after,
+        Err(response) => return response,
+    };
+    let refuse = |code: &str, message: &str| {
+        let body = json!({"code": code, "message": message, "requestid": random_request_id()});
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    };
+    let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(&body) else {
+        return refuse("MissingParameter", "请求体必须是JSON对象");
+    };
+    let text = |key: &str| {
+        params
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let query: HashMap<String, String> = [
+        ("appkey".to_owned(), text("appKey")),
+        ("appsecret".to_owned(), text("appSecret")),
+    ]
+    .into();
+    let answer = match fake.issue_token(&query) {
+        Ok(token) => Ok(json!({
+            "accessToken": token["access_token"],
+            "expireIn": token["expires_in"],
+        })),
+        Err(error) if error["errcode"] == 40035 => {
+            return refuse("MissingParameter", "缺少参数 appKey 或 appSecret");
+        }
+        Err(_) => {
+            return refuse("invalidClientIdOrSecret", "无效的clientId或者clientSecret");
+        }
+    };
+    tracing::debug!("sandbox v1.0/oauth2/accessToken");
     finish(&fake, answer, after, false).await
 }
 

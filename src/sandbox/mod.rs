@@ -8,7 +8,8 @@
 //! on `report/create`. Auth, permission and rate errors are wrapped as `errcode: 88` with
 //! the real code in `sub_code`; `gettoken` and parameter errors are bare.
 //!
-//! Endpoints: `GET /gettoken`, `POST /topapi/report/create`,
+//! Endpoints: `GET /gettoken`, `POST /v1.0/oauth2/accessToken` (api.dingtalk.com's token
+//! endpoint, errors as HTTP 400 `{"code","message"}`), `POST /topapi/report/create`,
 //! `POST /topapi/report/template/getbyname`, `POST /topapi/report/list`; any other path
 //! under `/topapi` answers `errcode: 22` (不合法ApiName).
 
@@ -264,6 +265,7 @@ struct Inner {
     options: FakeOptions,
     ledger: Mutex<Ledger>,
     gettoken_calls: AtomicUsize,
+    access_token_calls: AtomicUsize,
     create_calls: AtomicUsize,
     getbyname_calls: AtomicUsize,
     list_calls: AtomicUsize,
@@ -308,6 +310,7 @@ impl FakeDingTalk {
                 options,
                 ledger: Mutex::new(ledger),
                 gettoken_calls: AtomicUsize::new(0),
+                access_token_calls: AtomicUsize::new(0),
                 create_calls: AtomicUsize::new(0),
                 getbyname_calls: AtomicUsize::new(0),
                 list_calls: AtomicUsize::new(0),
@@ -359,9 +362,15 @@ impl FakeDingTalk {
         self.ledger().reports.iter().cloned().collect()
     }
 
-    /// Number of `/gettoken` requests received.
+    /// Number of token requests received (`/gettoken` and `/v1.0/oauth2/accessToken`).
     pub fn gettoken_calls(&self) -> usize {
         self.inner.gettoken_calls.load(Ordering::SeqCst)
+    }
+
+    /// Number of `/v1.0/oauth2/accessToken` requests received (also in
+    /// [`FakeDingTalk::gettoken_calls`]).
+    pub fn access_token_calls(&self) -> usize {
+        self.inner.access_token_calls.load(Ordering::SeqCst)
     }
 
     /// Number of `report/create` requests received, whatever their answer.

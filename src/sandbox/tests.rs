@@ -534,3 +534,37 @@ async fn latency_and_spawn_work() {
     assert!(started.elapsed() >= Duration::from_millis(50));
     assert!(!format!("{:?}", fake.options()).contains("sandbox-app-secret"));
 }
+
+#[tokio::test]
+async fn the_v1_token_endpoint_answers_like_api_dingtalk_com() {
+    let fake = FakeDingTalk::new(FakeOptions::default());
+    let (status, ok) = call(
+        &fake,
+        "POST",
+        "/v1.0/oauth2/accessToken",
+        r#"{"appKey":"sandbox-app-key","appSecret":"sandbox-app-secret"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ok["expireIn"], 7200);
+    assert!(ok.get("errcode").is_none(), "{ok}");
+    // The same token as gettoken gives, valid on topapi.
+    assert_eq!(
+        ok["accessToken"].as_str(),
+        Some(token(&fake).await.as_str())
+    );
+    let (status, bad) = call(
+        &fake,
+        "POST",
+        "/v1.0/oauth2/accessToken",
+        r#"{"appKey":"sandbox-app-key","appSecret":"wrong"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["code"], "invalidClientIdOrSecret");
+    assert!(bad["requestid"].is_string());
+    let (status, missing) = call(&fake, "POST", "/v1.0/oauth2/accessToken", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(missing["code"], "MissingParameter");
+    assert_eq!(fake.gettoken_calls(), 4);
+}

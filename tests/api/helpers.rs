@@ -152,8 +152,12 @@ pub async fn spawn_app_with(config: TestConfig) -> TestApp {
 
 /// Starts a relay against an existing fake (restarts reuse one).
 pub async fn spawn_app_on(config: TestConfig, fake: FakeDingTalk, base_url: String) -> TestApp {
-    let yaml = settings_yaml(&config, &base_url);
-    let settings = Settings::from_yaml(&yaml).expect("test settings parse");
+    spawn_app_yaml(&settings_yaml(&config, &base_url), fake).await
+}
+
+/// Starts a relay with this configuration document against `fake`.
+pub async fn spawn_app_yaml(yaml: &str, fake: FakeDingTalk) -> TestApp {
+    let settings = Settings::from_yaml(yaml).expect("test settings parse");
     let app = Application::build(settings, Mode::Production)
         .await
         .expect("app builds");
