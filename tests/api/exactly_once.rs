@@ -347,3 +347,41 @@ async fn unknown_errcodes_share_one_metric_label() {
     assert!(!metrics.contains("777777"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn long_contents_are_cut_as_dingtalk_counts_never_inside_a_link() {
+    // Arrange: a summary of emoji (2 UTF-16 units each) followed by a link across the cut.
+    let app = spawn_app_with(TestConfig {
+        route_extra: "    fields:\n      今日完成工作: \"{{ summary }}[run 812](https://ci.example.com/runs/812) tail\"\n"
+            .to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut body = job_status();
+    body["summary"] = serde_json::json!("👍🏽".repeat(240));
+    // Act
+    let id = app.accept(&body).await;
+    app.wait_for_state(&id, "delivered").await;
+    // Assert: within 1000 UTF-16 units as DingTalk received it, whole emoji, no half link.
+    let sent = app.fake.reports()[0].contents[0].content.clone();
+    assert!(
+        sent.encode_utf16().count() <= 1000,
+        "{}",
+        sent.encode_utf16().count()
+    );
+    assert!(
+        sent.ends_with(dingtalk_relay::mapping::TRUNCATION_MARKER),
+        "{sent}"
+    );
+    assert!(!sent.contains("[run"), "{sent}");
+    let kept = sent
+        .strip_suffix(dingtalk_relay::mapping::TRUNCATION_MARKER)
+        .unwrap();
+    assert_eq!(kept, "👍🏽".repeat(240));
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "dingtalk_relay_content_truncated_total", &[]),
+        1.0
+    );
+    app.stop().await;
+}
