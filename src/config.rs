@@ -168,9 +168,17 @@ pub struct DingTalkSettings {
     /// A token is refreshed this long before its `expires_in` runs out.
     #[serde(default = "default_refresh_margin", with = "humantime_serde")]
     pub token_refresh_margin: Duration,
-    /// Most report/create calls per second per app (DingTalk's own limit is 20).
+    /// Most report/create calls per second per app: DingTalk allows 20 on the standard
+    /// edition and up to 60 on enterprise editions, so at most 60 is accepted.
     #[serde(default = "default_max_qps")]
     pub max_qps: u32,
+    /// Which token endpoint to use: `oapi` (legacy `GET {base_url}/gettoken`, the default)
+    /// or `v1` (`POST {token_base_url}/v1.0/oauth2/accessToken`, the current one).
+    #[serde(default)]
+    pub token_api: TokenApi,
+    /// Base URL of the host serving the `v1` token endpoint (used with `token_api: v1`).
+    #[serde(default = "default_token_base_url")]
+    pub token_base_url: String,
     /// How long a resolved template (`template: {name}`) is cached.
     #[serde(default = "default_template_ttl", with = "humantime_serde")]
     pub template_cache_ttl: Duration,
@@ -238,6 +246,18 @@ pub enum OnQuotaLow {
     Hold,
     /// Fold new events into the route's digest instead of a report each.
     Digest,
+}
+
+/// `dingtalk.token_api`: which endpoint gives the access token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenApi {
+    /// `GET {base_url}/gettoken?appkey=…&appsecret=…` (filed as historical by DingTalk, still
+    /// served, same `errcode` answers as topapi).
+    #[default]
+    Oapi,
+    /// `POST {token_base_url}/v1.0/oauth2/accessToken` with `{"appKey","appSecret"}`.
+    V1,
 }
 
 /// `dingtalk.apps.<name>.*`
@@ -633,12 +653,18 @@ fn default_max_unverified_requests() -> usize {
 fn default_base_url() -> String {
     "https://oapi.dingtalk.com".to_owned()
 }
+fn default_token_base_url() -> String {
+    "https://api.dingtalk.com".to_owned()
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_refresh_margin() -> Duration {
     Duration::from_secs(300)
 }
+/// Highest `dingtalk.max_qps` accepted (DingTalk's enterprise editions allow 60 per app).
+pub const MAX_QPS: u32 = 60;
+
 fn default_max_qps() -> u32 {
     15
 }
@@ -955,14 +981,15 @@ impl Settings {
                 );
             }
         }
-        if !(self.dingtalk.base_url.starts_with("http://")
-            || self.dingtalk.base_url.starts_with("https://"))
-            || reqwest::Url::parse(&self.dingtalk.base_url).is_err()
-        {
-            push(
-                "dingtalk.base_url".to_owned(),
-                format!("{:?} is not an http(s) URL", self.dingtalk.base_url),
-            );
+        for (key, url) in [
+            ("dingtalk.base_url", &self.dingtalk.base_url),
+            ("dingtalk.token_base_url", &self.dingtalk.token_base_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || reqwest::Url::parse(url).is_err()
+            {
+                push(key.to_owned(), format!("{url:?} is not an http(s) URL"));
+            }
         }
         if self.dingtalk.timeout.is_zero() {
             push(
@@ -975,10 +1002,12 @@ impl Settings {
                 "dingtalk.max_qps".to_owned(),
                 "must be at least 1".to_owned(),
             );
-        } else if self.dingtalk.max_qps > 20 {
+        } else if self.dingtalk.max_qps > MAX_QPS {
             push(
                 "dingtalk.max_qps".to_owned(),
-                "DingTalk allows at most 20 calls per second per app; set 20 or less".to_owned(),
+                format!(
+                    "DingTalk allows at most 20 calls per second per app on the standard edition and 60 on enterprise editions; set {MAX_QPS} or less"
+                ),
             );
         }
         for (name, app) in &self.dingtalk.apps {

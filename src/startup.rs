@@ -143,6 +143,7 @@ impl Reloader {
 /// Points the settings at the sandbox DingTalk with its credentials.
 pub(crate) fn use_sandbox(settings: &mut Settings, base_url: &str, options: &FakeOptions) {
     settings.dingtalk.base_url = base_url.to_owned();
+    settings.dingtalk.token_base_url = base_url.to_owned();
     for app in settings.dingtalk.apps.values_mut() {
         app.app_key = options.app_key.clone();
         app.app_secret = Some(Secret::new(options.app_secret.clone()));

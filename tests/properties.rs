@@ -18,7 +18,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use dingtalk_relay::config::{Mode, Secret, Settings, SourceKind};
-use dingtalk_relay::mapping::{MAX_CONTENT_CHARS, Mapped, Mapper, TRUNCATION_MARKER, truncate};
+use dingtalk_relay::mapping::{
+    MAX_CONTENT_CHARS, Mapped, Mapper, TRUNCATION_MARKER, content_len, truncate,
+};
 use dingtalk_relay::sources::{
     self, Event, IMPLEMENTED, JobStatus, Parsed, PayloadError, Phase, Request, Standup, Status,
     generic,
@@ -2205,10 +2207,10 @@ proptest! {
             match MAPPER.map(route, &event, at) {
                 Ok(Mapped::Report { draft, truncated }) => {
                     for content in &draft.contents {
-                        let chars = content.content.chars().count();
+                        let units = content_len(&content.content);
                         prop_assert!(
-                            chars <= MAX_CONTENT_CHARS,
-                            "{route}.{}: {chars} chars",
+                            units <= MAX_CONTENT_CHARS,
+                            "{route}.{}: {units} UTF-16 units",
                             content.field
                         );
                         prop_assert!(!content.content.is_empty());
@@ -2223,8 +2225,9 @@ proptest! {
         }
     }
 
-    /// Truncation keeps at most 1000 characters, ends a cut text with the marker, and what it
-    /// keeps is a prefix of the input (so no character is ever split).
+    /// Truncation keeps at most 1000 UTF-16 units, ends a cut text with the marker, and what
+    /// it keeps is a prefix of the input ending on a grapheme boundary (so no character or
+    /// cluster is ever split).
     #[test]
     fn truncate_respects_the_limit(
         content in prop_oneof![
@@ -2234,16 +2237,21 @@ proptest! {
             (0usize..1200, "[ \t\n]{0,30}", any::<char>()).prop_map(|(n, ws, c)| format!("{}{ws}{c}", "日".repeat(n))),
         ]
     ) {
+        use unicode_segmentation::UnicodeSegmentation;
         let (out, cut) = truncate(&content);
-        let chars = out.chars().count();
-        prop_assert!(chars <= MAX_CONTENT_CHARS, "{chars}");
+        let units = content_len(&out);
+        prop_assert!(units <= MAX_CONTENT_CHARS, "{units}");
         if cut {
-            prop_assert!(content.chars().count() > MAX_CONTENT_CHARS);
+            prop_assert!(content_len(&content) > MAX_CONTENT_CHARS);
             let kept = out.strip_suffix(TRUNCATION_MARKER).expect("marker at the end");
             prop_assert!(content.starts_with(kept));
+            // On a grapheme boundary, unless trailing blanks were dropped after the cut.
+            let on_boundary = kept.is_empty()
+                || content.grapheme_indices(true).any(|(i, _)| i == kept.len());
+            prop_assert!(on_boundary || content[kept.len()..].starts_with(char::is_whitespace));
         } else {
             prop_assert_eq!(&out, &content);
-            prop_assert!(content.chars().count() <= MAX_CONTENT_CHARS);
+            prop_assert!(content_len(&content) <= MAX_CONTENT_CHARS);
         }
     }
 

@@ -246,10 +246,10 @@ impl Worker {
             {
                 Some(Reconciliation::Found(report_id)) => {
                     tracing::info!(report_id, "report found by reconciliation; not resending");
-                    return self.delivered(&delivery, &report_id, cancel).await;
+                    return self.delivered(&delivery, Some(&report_id), cancel).await;
                 }
                 Some(Reconciliation::Absent) => {}
-                None => return,
+                Some(Reconciliation::Undecided(_)) | None => return,
             }
         }
         let started = Utc::now();
@@ -259,7 +259,10 @@ impl Worker {
             return;
         }
         match client.create_report(&draft.app, &param).await {
-            Ok(report_id) => self.delivered(&delivery, &report_id, cancel).await,
+            Ok(created) => {
+                self.delivered(&delivery, created.report_id.as_deref(), cancel)
+                    .await
+            }
             Err(e) => self.settle(&delivery, e, Some(started)).await,
         }
     }
@@ -300,8 +303,10 @@ impl Worker {
         true
     }
 
-    /// Asks report/list whether the report exists. `None`: undecidable, and the delivery has
-    /// been marked failed as `ambiguous`.
+    /// Asks report/list whether the report exists. `None` (or `Undecided`): the delivery
+    /// has been settled here — parked as `failed` (`ambiguous`) when the listing cannot
+    /// tell or report/list is refused for good, or queued again (keeping the attempt's
+    /// time, so the next attempt reconciles again) after a transient error.
     async fn reconcile(
         &self,
         client: &DingTalkClient,
@@ -310,33 +315,72 @@ impl Worker {
         param: &dingtalk::CreateReportParam,
         since: DateTime<Utc>,
     ) -> Option<Reconciliation> {
-        // DingTalk's clock and ours differ a little; look a minute further back.
-        let since_ms = since.timestamp_millis() - 60_000;
-        match client
-            .find_report(&delivery.draft.app, template_name, param, since_ms)
-            .await
-        {
-            Ok(found) => Some(found),
+        let found = client
+            .find_report(
+                &delivery.draft.app,
+                template_name,
+                param,
+                since.timestamp_millis(),
+            )
+            .await;
+        let (errcode, why) = match found {
+            Ok(Reconciliation::Undecided(why)) => (None, why),
+            Ok(found) => return Some(found),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot tell whether the report was created");
-                self.count(delivery, "ambiguous");
-                let error = LastError {
-                    errcode: e.code(),
-                    errmsg: format!(
-                        "ambiguous: a create request may have reached DingTalk and report/list could not tell ({e}); check the author's reports, then retry or leave it"
-                    ),
+                let transient = match e.disposition(true) {
+                    Disposition::Retry => Some(self.backoff(delivery.attempts, e.min_backoff())),
+                    Disposition::Defer(wait) => Some(wait),
+                    _ => None,
                 };
-                self.failed(delivery, error).await;
-                None
+                let max_attempts = self.delivery_settings().max_attempts;
+                match transient {
+                    Some(wait) if delivery.attempts < max_attempts => {
+                        // Not a verdict: look again later; nothing is resent meanwhile.
+                        let last = LastError {
+                            errcode: e.code(),
+                            errmsg: format!(
+                                "ambiguous: a create request may have reached DingTalk; report/list failed for now ({}), will look again",
+                                e.message()
+                            ),
+                        };
+                        self.retry_later(delivery, &last, wait, Some(since)).await;
+                        return None;
+                    }
+                    _ => (
+                        e.code(),
+                        format!("report/list could not tell ({})", e.message()),
+                    ),
+                }
             }
-        }
+        };
+        tracing::warn!(reason = %why, "cannot tell whether the report was created");
+        self.count(delivery, "ambiguous");
+        let error = LastError {
+            errcode,
+            errmsg: format!(
+                "ambiguous: a create request may have reached DingTalk and {why}; check the author's reports, then retry or leave it"
+            ),
+        };
+        self.failed(delivery, error).await;
+        None
     }
 
-    /// Records the created report. A failing store is retried with the report id kept
-    /// (never a new create) for half the lease, or until shutdown; after that the row still
-    /// says sending, so whoever claims it next reconciles with report/list rather than
-    /// sending again.
-    async fn delivered(&self, delivery: &Delivery, report_id: &str, cancel: &CancellationToken) {
+    /// Records a created report. A failing store is retried with the report id kept (never a
+    /// new create) for half the lease, or until shutdown; after that the row still says
+    /// sending, so whoever claims it next reconciles with report/list rather than sending
+    /// again. `report_id` `None`: DingTalk said `errcode 0` without a usable id; the delivery
+    /// is delivered all the same (never resent), with an empty report id.
+    async fn delivered(
+        &self,
+        delivery: &Delivery,
+        report_id: Option<&str>,
+        cancel: &CancellationToken,
+    ) {
+        if report_id.is_none() {
+            tracing::warn!("report created, but DingTalk gave no usable report id");
+            self.count(delivery, "delivered_without_id");
+        }
+        let report_id = report_id.unwrap_or_default();
         let now = Utc::now();
         let deadline = tokio::time::Instant::now() + self.lease / 2;
         let mut wait = MARK_DELIVERED_RETRY;
@@ -376,7 +420,14 @@ impl Worker {
             errcode: error.code(),
             errmsg: error.message(),
         };
+        let create_sent = error.api() == Some(dingtalk::api::REPORT_CREATE);
         match error.disposition(false) {
+            // gettoken or getbyname failed for now: the create was not sent, so this is no
+            // verdict on the delivery and spends no attempt.
+            Disposition::Retry if !create_sent => {
+                let wait = self.backoff(delivery.attempts.max(1), error.min_backoff());
+                self.defer(delivery, &last, wait).await;
+            }
             Disposition::Retry if delivery.attempts < self.delivery_settings().max_attempts => {
                 let wait = self.backoff(delivery.attempts, error.min_backoff());
                 self.retry_later(delivery, &last, wait, None).await;
@@ -393,28 +444,36 @@ impl Worker {
             }
             Disposition::Ambiguous => {
                 // Do not resend now: the next attempt first asks report/list, after a pause
-                // long enough for a slow create to land.
+                // long enough for a slow create to land (and an IP ban to end).
                 self.count(delivery, "ambiguous");
                 let last = LastError {
                     errmsg: format!("ambiguous: {}", last.errmsg),
                     ..last
                 };
-                let wait = self.backoff(delivery.attempts, Some(Duration::from_secs(2)));
+                let at_least = error
+                    .min_backoff()
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(2));
+                let wait = self.backoff(delivery.attempts, Some(at_least));
                 self.retry_later(delivery, &last, wait, sent_at).await;
             }
-            Disposition::Defer(wait) => {
-                let now = Utc::now();
-                let at = later(now, wait);
-                tracing::warn!(error = %last.errmsg, errcode = ?last.errcode, retry_in = ?wait, "delivery waits: DingTalk refuses the app for now");
-                self.count(delivery, "deferred");
-                if let Err(e) = self.store.defer(&delivery.id, at, &last, now).await {
-                    tracing::error!(error = %e, "could not defer the delivery; its lease will expire");
-                }
-            }
+            Disposition::Defer(wait) => self.defer(delivery, &last, wait).await,
             // The client already refreshed the token and retried once.
             Disposition::RefreshToken | Disposition::Permanent => {
                 self.failed(delivery, last).await;
             }
+        }
+    }
+
+    /// Queues the delivery again in `wait` without spending its attempt (and forgetting the
+    /// attempt's time: nothing was sent).
+    async fn defer(&self, delivery: &Delivery, last: &LastError, wait: Duration) {
+        let now = Utc::now();
+        let at = later(now, wait);
+        tracing::warn!(error = %last.errmsg, errcode = ?last.errcode, retry_in = ?wait, "delivery waits: DingTalk cannot be used for now");
+        self.count(delivery, "deferred");
+        if let Err(e) = self.store.defer(&delivery.id, at, last, now).await {
+            tracing::error!(error = %e, "could not defer the delivery; its lease will expire");
         }
     }
 

@@ -13,13 +13,22 @@ use super::error::{Disposition, Error, check_body};
 use super::ledger::Ledger;
 use super::model::{
     CreateReportParam, CreateReportRequest, GetByNameResult, ListResult, ListedReport,
-    ResolvedTemplate, TokenAnswer,
+    ResolvedTemplate, TokenAnswer, V1TokenAnswer,
 };
 use super::ratelimit::{RateLimiter, SharedLimit};
 use super::token::{Token, TokenCache};
 use super::{Result, api, template_from_config};
-use crate::config::{DingTalkSettings, Secret, TemplateSettings};
+use crate::config::{DingTalkSettings, Secret, TemplateSettings, TokenApi};
 use crate::metrics::Metrics;
+
+/// The shape of a host's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Envelope {
+    /// oapi: HTTP 200 with `errcode`.
+    Oapi,
+    /// api.dingtalk.com: the HTTP status, and `{"code","message"}` on errors.
+    V1,
+}
 
 struct App {
     app_key: String,
@@ -46,11 +55,17 @@ struct Inner {
     pauses: Arc<std::sync::Mutex<HashMap<String, Pause>>>,
     http: reqwest::Client,
     base_url: String,
+    token_api: TokenApi,
+    token_base_url: String,
     apps: HashMap<String, App>,
     tokens: TokenCache,
     templates: Cache<(String, String, String), (ResolvedTemplate, Duration)>,
     template_ttl: Duration,
+    /// Reports this process created (id -> fingerprint of the param sent), so that
+    /// reconciliation can tell another delivery's report from a lost one of its own.
+    created: Cache<String, u64>,
     margin: Duration,
+    timeout: Duration,
     metrics: Metrics,
     ledger: Option<Arc<dyn Ledger>>,
 }
@@ -81,8 +96,47 @@ pub struct DingTalkClient {
 pub enum Reconciliation {
     /// The report exists: its id.
     Found(String),
-    /// Certainly not created.
+    /// Certainly not created: DingTalk listed every report of the window and none is ours.
     Absent,
+    /// The listing cannot tell (a repeated cursor, too many pages, or a report of this
+    /// author and template made during the attempt whose text differs from ours): why.
+    Undecided(String),
+}
+
+/// What report/create answered with `errcode 0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The report id, when `result` carried a usable one (a plain id, or an object with
+    /// `report_id`).
+    pub report_id: Option<String>,
+}
+
+/// Most bytes of a DingTalk answer the relay reads; a longer answer is not a DingTalk
+/// envelope (its answers are a few KB) and is not buffered whole.
+pub(crate) const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// Most report ids remembered as created by this process (a day of them at most).
+const MAX_REMEMBERED_REPORTS: u64 = 100_000;
+
+/// Most report/list pages read for one reconciliation (20 reports each).
+pub(crate) const MAX_LIST_PAGES: usize = 50;
+
+/// DingTalk refuses report/list windows longer than 180 days.
+pub(crate) const MAX_LIST_WINDOW_MS: i64 = 180 * 86_400 * 1000;
+
+/// How far DingTalk's clock and ours may differ, for the windows of report/list.
+const CLOCK_SKEW_MS: i64 = 60_000;
+
+/// The report/list query window for a create sent at `sent_ms`, asked at `now_ms`: from a
+/// clock skew before the send to a skew after now, never longer than DingTalk's 180 days
+/// (the report, if any, was made within seconds of the send).
+pub(crate) fn list_window(sent_ms: i64, now_ms: i64) -> (i64, i64) {
+    let start = sent_ms.saturating_sub(CLOCK_SKEW_MS);
+    let end = now_ms
+        .saturating_add(CLOCK_SKEW_MS)
+        .min(start.saturating_add(MAX_LIST_WINDOW_MS))
+        .max(start);
+    (start, end)
 }
 
 impl DingTalkClient {
@@ -140,6 +194,8 @@ impl DingTalkClient {
                 pauses: Arc::default(),
                 http,
                 base_url: settings.base_url.trim_end_matches('/').to_owned(),
+                token_api: settings.token_api,
+                token_base_url: settings.token_base_url.trim_end_matches('/').to_owned(),
                 apps,
                 tokens: TokenCache::new(),
                 templates: Cache::builder()
@@ -147,15 +203,22 @@ impl DingTalkClient {
                     .expire_after(TemplateExpiry)
                     .build(),
                 template_ttl: settings.template_cache_ttl,
+                created: Cache::builder()
+                    .max_capacity(MAX_REMEMBERED_REPORTS)
+                    .time_to_live(Duration::from_secs(86_400))
+                    .build(),
                 margin: settings.token_refresh_margin,
+                timeout: settings.timeout,
                 metrics,
                 ledger,
             }),
         })
     }
 
-    /// Creates a report and returns its id. Token errors refresh the token and retry once.
-    pub async fn create_report(&self, app: &str, param: &CreateReportParam) -> Result<String> {
+    /// Creates a report. `errcode 0` is a success whatever `result` looks like: the id is
+    /// taken from a plain `result` or from `result.report_id`, and is `None` when neither
+    /// holds one. Token errors refresh the token and retry once.
+    pub async fn create_report(&self, app: &str, param: &CreateReportParam) -> Result<Created> {
         let body = serde_json::to_value(CreateReportRequest {
             create_report_param: param.clone(),
         })
@@ -170,15 +233,26 @@ impl DingTalkClient {
                 || limiter.acquire(),
             )
             .await?;
-        match answer.get("result") {
-            Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
-            _ => Err(Error::InvalidBody {
-                api: api::REPORT_CREATE,
-                detail: "errcode 0 but no report id in result".to_owned(),
-                ip_banned: false,
-            }),
+        let report_id = report_id_of(answer.get("result"));
+        if let Some(id) = &report_id {
+            self.inner
+                .created
+                .insert(id.clone(), fingerprint(param))
+                .await;
         }
+        if report_id.is_none() {
+            let shape = match answer.get("result") {
+                None => "missing",
+                Some(Value::Object(_)) => "an object without report_id",
+                Some(_) => "not an id",
+            };
+            tracing::warn!(
+                app,
+                result = shape,
+                "report/create succeeded (errcode 0) without a usable report id"
+            );
+        }
+        Ok(Created { report_id })
     }
 
     /// The template for a route: from the configuration when given by id, else looked up by
@@ -269,21 +343,33 @@ impl DingTalkClient {
         })
     }
 
-    /// Looks for a report created by `userid` since `since_ms` with this template and
-    /// contents (report/list, paged). Used when a create's answer was lost.
+    /// Looks for the report that `param` would have made, sent at `sent_ms` (report/list,
+    /// paged). Used when a create's answer was lost. Paging ends only where DingTalk says
+    /// it ends (`has_more: false` or no `next_cursor`); a repeated cursor or
+    /// [`MAX_LIST_PAGES`] pages make the answer [`Reconciliation::Undecided`], and so does
+    /// a report of this author and template made during the attempt whose text is not
+    /// ours. A page that cannot be read is an error.
     pub async fn find_report(
         &self,
         app: &str,
         template_name: &str,
         param: &CreateReportParam,
-        since_ms: i64,
+        sent_ms: i64,
     ) -> Result<Reconciliation> {
-        let until_ms = chrono::Utc::now().timestamp_millis() + 60_000;
+        let (start_ms, end_ms) = list_window(sent_ms, chrono::Utc::now().timestamp_millis());
+        // The create was made between the send and the end of the attempt (two calls at
+        // most, one after a token refresh), give or take the clocks' skew.
+        let timeout_ms = i64::try_from(self.inner.timeout.as_millis()).unwrap_or(i64::MAX);
+        let attempt_end_ms = sent_ms
+            .saturating_add(timeout_ms.saturating_mul(2))
+            .saturating_add(CLOCK_SKEW_MS);
+        let ours = fingerprint(param);
         let mut cursor = 0i64;
-        // A bounded walk: a person rarely writes hundreds of reports in minutes.
-        for _ in 0..50 {
+        let mut seen = std::collections::HashSet::new();
+        let mut differing: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
             let body = json!({
-                "start_time": since_ms, "end_time": until_ms, "template_name": template_name,
+                "start_time": start_ms, "end_time": end_ms, "template_name": template_name,
                 "userid": param.userid, "cursor": cursor, "size": 20
             });
             let answer = self
@@ -298,29 +384,61 @@ impl DingTalkClient {
             let page: ListResult = answer
                 .get("result")
                 .cloned()
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|e| Error::InvalidBody {
+                .ok_or_else(|| "errcode 0 but no result".to_owned())
+                .and_then(|r| serde_json::from_value(r).map_err(|e| e.to_string()))
+                .map_err(|detail| Error::InvalidBody {
                     api: api::REPORT_LIST,
-                    detail: e.to_string(),
+                    detail,
                     ip_banned: false,
-                })?
-                .unwrap_or(ListResult {
-                    data_list: Vec::new(),
-                    has_more: false,
-                    next_cursor: 0,
-                });
-            if let Some(found) = page.data_list.iter().find(|r| same_report(r, param)) {
-                return Ok(Reconciliation::Found(found.report_id.clone()));
+                })?;
+            for listed in &page.data_list {
+                // A route given by template id has no name to compare.
+                let other_template = !template_name.is_empty()
+                    && !listed.template_name.is_empty()
+                    && listed.template_name != template_name;
+                if listed.creator_id != param.userid || other_template {
+                    continue;
+                }
+                match self.inner.created.get(&listed.report_id).await {
+                    // Created by this process for this very param (its answer was read,
+                    // then recording it failed).
+                    Some(known) if known == ours => {
+                        return Ok(Reconciliation::Found(listed.report_id.clone()));
+                    }
+                    // Another delivery's report, whose answer this process read.
+                    Some(_) => continue,
+                    None => {}
+                }
+                if same_contents(listed, param) {
+                    return Ok(Reconciliation::Found(listed.report_id.clone()));
+                }
+                if differing.is_none() && (start_ms..=attempt_end_ms).contains(&listed.create_time)
+                {
+                    differing = Some(listed.report_id.clone());
+                }
             }
-            if !page.has_more || page.next_cursor <= cursor {
-                return Ok(Reconciliation::Absent);
+            let next = match page.next_cursor {
+                Some(next) if page.has_more => next,
+                // DingTalk says the listing is complete.
+                _ => {
+                    return Ok(match differing {
+                        Some(id) => Reconciliation::Undecided(format!(
+                            "report {id} of the same author and template was made during the attempt, but its text differs from ours"
+                        )),
+                        None => Reconciliation::Absent,
+                    });
+                }
+            };
+            if !seen.insert(next) || next == cursor {
+                return Ok(Reconciliation::Undecided(format!(
+                    "report/list repeated cursor {next}"
+                )));
             }
-            cursor = page.next_cursor;
+            cursor = next;
         }
-        Err(Error::Config(
-            "report/list: too many reports to decide".to_owned(),
-        ))
+        Ok(Reconciliation::Undecided(format!(
+            "report/list did not end within {MAX_LIST_PAGES} pages"
+        )))
     }
 
     /// Fetches (or reuses) the app's token; used by `check-config --online` and readiness.
@@ -417,12 +535,13 @@ impl DingTalkClient {
                 self.pause(app, "quota_exhausted", wait, e.to_string());
             }
             Err(
-                e @ Error::InvalidBody {
+                e @ (Error::InvalidBody {
                     ip_banned: true, ..
-                },
+                }
+                | Error::IpBanned { .. }),
             ) => self.pause(EVERY_APP, "ip_banned", IP_BAN_WAIT, e.to_string()),
-            Err(e @ Error::Api { api, .. })
-                if *api == api::GETTOKEN
+            Err(e @ (Error::Api { .. } | Error::Refused { .. }))
+                if e.api() == Some(api::GETTOKEN)
                     && matches!(e.disposition(true), Disposition::Defer(_)) =>
             {
                 self.pause(
@@ -568,33 +687,52 @@ impl DingTalkClient {
         let secret = app.app_secret.as_ref().ok_or_else(|| {
             Error::Config(format!("dingtalk.apps.{app_name}.app_secret is not set"))
         })?;
-        let request = self
-            .inner
-            .http
-            .get(format!("{}/gettoken", self.inner.base_url))
-            .query(&[
-                ("appkey", app.app_key.as_str()),
-                ("appsecret", secret.expose()),
-            ]);
-        let answer = self.send(api::GETTOKEN, request).await?;
-        let token: TokenAnswer =
-            serde_json::from_value(answer).map_err(|e| Error::InvalidBody {
-                api: api::GETTOKEN,
-                detail: format!("gettoken answer: {e}"),
-                ip_banned: false,
-            })?;
-        if token.access_token.is_empty() {
+        let (access_token, expires_in) = match self.inner.token_api {
+            TokenApi::Oapi => {
+                let request = self
+                    .inner
+                    .http
+                    .get(format!("{}/gettoken", self.inner.base_url))
+                    .query(&[
+                        ("appkey", app.app_key.as_str()),
+                        ("appsecret", secret.expose()),
+                    ]);
+                let answer = self.send(api::GETTOKEN, request).await?;
+                let token: TokenAnswer =
+                    serde_json::from_value(answer).map_err(|e| Error::InvalidBody {
+                        api: api::GETTOKEN,
+                        detail: format!("gettoken answer: {e}"),
+                        ip_banned: false,
+                    })?;
+                (token.access_token, token.expires_in)
+            }
+            TokenApi::V1 => {
+                let request = self
+                    .inner
+                    .http
+                    .post(format!(
+                        "{}/v1.0/oauth2/accessToken",
+                        self.inner.token_base_url
+                    ))
+                    .json(&json!({"appKey": app.app_key, "appSecret": secret.expose()}));
+                let answer = self.send_as(api::GETTOKEN, request, Envelope::V1).await?;
+                let token: V1TokenAnswer =
+                    serde_json::from_value(answer).map_err(|e| Error::InvalidBody {
+                        api: api::GETTOKEN,
+                        detail: format!("accessToken answer: {e}"),
+                        ip_banned: false,
+                    })?;
+                (token.access_token, token.expire_in)
+            }
+        };
+        if access_token.is_empty() {
             return Err(Error::InvalidBody {
                 api: api::GETTOKEN,
                 detail: "empty access_token".to_owned(),
                 ip_banned: false,
             });
         }
-        Ok(Token::new(
-            token.access_token,
-            token.expires_in,
-            self.inner.margin,
-        ))
+        Ok(Token::new(access_token, expires_in, self.inner.margin))
     }
 
     /// POSTs `body` with the app's token; on a token error drops the token, fetches once more
@@ -668,24 +806,36 @@ impl DingTalkClient {
         }
     }
 
-    /// Sends one request; HTTP, body and errcode failures become [`Error`]s. Measured.
+    /// Sends one request to the legacy host; HTTP, body and errcode failures become
+    /// [`Error`]s. Measured.
     async fn send(&self, api: &'static str, request: reqwest::RequestBuilder) -> Result<Value> {
+        self.send_as(api, request, Envelope::Oapi).await
+    }
+
+    /// Sends one request whose answer has the shape `envelope`. Measured.
+    async fn send_as(
+        &self,
+        api: &'static str,
+        request: reqwest::RequestBuilder,
+        envelope: Envelope,
+    ) -> Result<Value> {
         let started = Instant::now();
-        let result = self.send_unmeasured(api, request).await;
+        let result = self.send_unmeasured(api, request, envelope).await;
         let m = &self.inner.metrics;
         m.dingtalk_duration
             .with_label_values(&[api])
             .observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(Error::Api { code, .. }) => {
+            Err(e @ Error::Api { code, .. }) => {
                 m.dingtalk_errors
-                    .with_label_values(&[api, &code.to_string()])
+                    .with_label_values(&[api, &super::error::errcode_label(*code)])
                     .inc();
+                tracing::warn!(api, errcode = code, request_id = e.request_id(), error = %e, "DingTalk answered with an error");
                 "errcode"
             }
-            Err(Error::Http { .. }) => "http_error",
-            Err(Error::InvalidBody { .. }) => "invalid_body",
+            Err(Error::Http { .. } | Error::Refused { .. }) => "http_error",
+            Err(Error::InvalidBody { .. } | Error::IpBanned { .. }) => "invalid_body",
             Err(Error::Connect { .. } | Error::NoAnswer { .. }) => "transport",
             Err(Error::Config(_) | Error::Paused { .. }) => "config",
         };
@@ -697,14 +847,24 @@ impl DingTalkClient {
         &self,
         api: &'static str,
         request: reqwest::RequestBuilder,
+        envelope: Envelope,
     ) -> Result<Value> {
         // `without_url` everywhere: the URL carries the token or the app secret.
         let response = request.send().await.map_err(|e| transport(api, e))?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| Error::NoAnswer {
-            api,
-            message: e.without_url().to_string(),
-        })?;
+        let bytes = read_capped(api, response).await?;
+        if envelope == Envelope::V1 {
+            // The current host answers errors with an HTTP status and its own body.
+            if status != 200 {
+                return Err(super::error::refused(api, status, &bytes)
+                    .unwrap_or(Error::Http { api, status }));
+            }
+            return serde_json::from_slice(&bytes).map_err(|_| Error::InvalidBody {
+                api,
+                detail: snippet(&bytes),
+                ip_banned: false,
+            });
+        }
         if status != 200 {
             return Err(Error::Http { api, status });
         }
@@ -716,6 +876,54 @@ impl DingTalkClient {
         })?;
         check_body(api, &body)?;
         Ok(body)
+    }
+}
+
+/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`]: a longer one is refused without
+/// being buffered whole (a declared length is checked first, then the bytes as they come).
+async fn read_capped(api: &'static str, mut response: reqwest::Response) -> Result<Vec<u8>> {
+    let too_large = || Error::InvalidBody {
+        api,
+        detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+        ip_banned: false,
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| Error::NoAnswer {
+        api,
+        message: e.without_url().to_string(),
+    })? {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// A fingerprint of what a create sends, to recognise the same param later in this process.
+fn fingerprint(param: &CreateReportParam) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(param)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The report id in report/create's `result`: a plain id (string or number), or an object
+/// carrying `report_id`.
+fn report_id_of(result: Option<&Value>) -> Option<String> {
+    match result? {
+        Value::String(id) if !id.trim().is_empty() => Some(id.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Object(object) => report_id_of(object.get("report_id")),
+        _ => None,
     }
 }
 
@@ -735,19 +943,130 @@ fn snippet(bytes: &[u8]) -> String {
     format!("body starts {short:?}")
 }
 
-/// Whether a listed report is the one `param` would have created: same author and the same
-/// text in every field (DingTalk may trim or truncate, so compare trimmed prefixes).
-fn same_report(listed: &ListedReport, param: &CreateReportParam) -> bool {
-    if listed.creator_id != param.userid {
-        return false;
-    }
+/// Whether a listed report holds `param`'s text in every field, compared the way DingTalk
+/// may have stored it (see [`normalise_text`]), and allowing DingTalk's own 1000-character
+/// cut of a text it made longer (entities).
+fn same_contents(listed: &ListedReport, param: &CreateReportParam) -> bool {
     param.contents.iter().all(|c| {
         listed.contents.iter().any(|l| {
             l.key == c.key && {
-                let sent = c.content.trim();
-                let seen = l.value.trim();
-                !seen.is_empty() && (sent == seen || sent.starts_with(seen))
+                let sent = normalise_text(&c.content);
+                let seen = normalise_text(&l.value);
+                sent == seen
+                    || (!seen.is_empty()
+                        && l.value.encode_utf16().count() >= CUT_NEAR
+                        && sent.starts_with(&seen))
             }
         })
     })
+}
+
+/// A listed text at least this long (UTF-16 units) may have been cut by DingTalk at 1000.
+const CUT_NEAR: usize = 990;
+
+/// A text as compared during reconciliation: line ends as `\n`, HTML entities `&amp;`
+/// `&lt;` `&gt;` `&quot;` `&#39;` decoded, trailing spaces and tabs of each line dropped (our
+/// markdown hard breaks end with two spaces), runs of blank lines collapsed into one, and
+/// blank lines at both ends dropped.
+pub(crate) fn normalise_text(text: &str) -> String {
+    let decoded = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    let mut lines: Vec<&str> = Vec::new();
+    for line in decoded.split('\n') {
+        let line = line.trim_end_matches([' ', '\t']);
+        if line.is_empty() && lines.last().is_none_or(|l| l.is_empty()) {
+            continue;
+        }
+        lines.push(line);
+    }
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_list_window_stays_inside_180_days() {
+        let day = 86_400_000;
+        assert_eq!(
+            list_window(1_000 * day, 1_000 * day),
+            (1_000 * day - 60_000, 1_000 * day + 60_000)
+        );
+        let (start, end) = list_window(0, 400 * day);
+        assert_eq!(start, -60_000);
+        assert_eq!(end - start, MAX_LIST_WINDOW_MS);
+        // A clock that went backwards never makes an inverted window.
+        let (start, end) = list_window(10 * day, 0);
+        assert!(end >= start);
+    }
+
+    #[test]
+    fn report_ids_are_taken_from_every_success_shape() {
+        assert_eq!(report_id_of(Some(&json!("abc"))), Some("abc".to_owned()));
+        assert_eq!(report_id_of(Some(&json!(123))), Some("123".to_owned()));
+        assert_eq!(
+            report_id_of(Some(&json!({"report_id": "r1"}))),
+            Some("r1".to_owned())
+        );
+        assert_eq!(report_id_of(Some(&json!({"other": 1}))), None);
+        assert_eq!(report_id_of(Some(&json!(""))), None);
+        assert_eq!(report_id_of(Some(&json!(null))), None);
+        assert_eq!(report_id_of(None), None);
+    }
+
+    #[test]
+    fn normalising_forgives_what_a_server_does_to_stored_text() {
+        let sent = "**CI** a & b  \n<x>\n\n\n\nend  \n";
+        let listed = "**CI** a &amp; b\r\n&lt;x&gt;\r\n\r\nend";
+        assert_eq!(normalise_text(sent), normalise_text(listed));
+        assert_ne!(normalise_text("a\nb"), normalise_text("a b"));
+        assert_ne!(normalise_text("run 1"), normalise_text("run 2"));
+    }
+
+    fn param(content: &str) -> CreateReportParam {
+        CreateReportParam {
+            template_id: "t".to_owned(),
+            userid: "u".to_owned(),
+            dd_from: "d".to_owned(),
+            to_chat: false,
+            to_userids: Vec::new(),
+            to_cids: Vec::new(),
+            contents: vec![super::super::ReportContent {
+                key: "k".to_owned(),
+                sort: 0,
+                kind: 1,
+                content_type: "markdown".to_owned(),
+                content: content.to_owned(),
+            }],
+        }
+    }
+
+    fn listed(value: &str) -> ListedReport {
+        serde_json::from_value(json!({"report_id": "r", "creator_id": "u",
+            "contents": [{"key": "k", "value": value}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cut_text_matches_only_when_dingtalk_could_have_cut_it() {
+        let long = "&".repeat(900);
+        // DingTalk stores `&amp;` × 900 = 4500 units and cuts at 1000: 200 entities.
+        let stored: String = "&amp;".repeat(900).chars().take(1000).collect();
+        assert!(same_contents(&listed(&stored), &param(&long)));
+        // A short prefix is another text, not a cut.
+        assert!(!same_contents(&listed("&amp;&amp;"), &param(&long)));
+        assert!(!same_contents(&listed(""), &param("x")));
+        assert!(same_contents(&listed("x"), &param("x  ")));
+    }
 }

@@ -6,6 +6,25 @@ use std::time::Duration;
 pub const TOKEN_ERRCODES: [i64; 4] = [40014, 42001, 40001, 33001];
 /// Rate-limit and busy codes that are retried with backoff.
 pub const RETRY_ERRCODES: [i64; 5] = [-1, 90018, 90002, 90005, 90006];
+/// Every errcode of the reference table (dingtalk-api.md §5.2): the values the `errcode`
+/// metric label may take; any other code is counted as `other`, so a misbehaving server
+/// cannot grow the number of series.
+pub const KNOWN_ERRCODES: [i64; 45] = [
+    -1, 22, 88, 33001, 33012, 40000, 40001, 40003, 40014, 40035, 40038, 40089, 40096, 41001, 41002,
+    41004, 42001, 43001, 43002, 43004, 43005, 43009, 50002, 60011, 60020, 60121, 90001, 90002,
+    90003, 90004, 90005, 90006, 90007, 90008, 90009, 90010, 90011, 90012, 90013, 90014, 90017,
+    90018, 90019, 90020, 400002,
+];
+
+/// The `errcode` metric label for an effective code: the code itself when it is one of
+/// [`KNOWN_ERRCODES`], else `other`.
+pub fn errcode_label(code: i64) -> String {
+    if KNOWN_ERRCODES.contains(&code) {
+        code.to_string()
+    } else {
+        "other".to_owned()
+    }
+}
 
 /// What went wrong talking to DingTalk.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,7 +45,7 @@ pub enum Error {
         /// Transport message (no URL, so no token).
         message: String,
     },
-    /// An HTTP status other than 200.
+    /// An HTTP status other than 200 (a gateway's page, or a 5xx that may follow a commit).
     #[error("{api}: HTTP {status}")]
     Http {
         /// API name.
@@ -34,18 +53,42 @@ pub enum Error {
         /// The status code.
         status: u16,
     },
-    /// The body was not the JSON DingTalk normally sends (an HTML page, an IP-ban notice).
+    /// The body was not a DingTalk envelope (an HTML page, JSON without errcode, an answer
+    /// too large to read): for report/create it cannot prove that nothing was created.
     #[error("{api}: answer is not DingTalk JSON ({detail})")]
     InvalidBody {
         /// API name.
         api: &'static str,
-        /// A short description, e.g. "IP banned (punish: deny)" or the start of the body.
+        /// A short description, e.g. the start of the body.
         detail: String,
-        /// True for the documented IP ban (wait about 5 minutes).
+        /// True for an HTML page at HTTP 200, the way DingTalk answers an IP it bans (wait
+        /// about 5 minutes).
         ip_banned: bool,
     },
+    /// The documented IP-ban notice `{"status":1111,…,"punish":"deny"}`: a definite
+    /// refusal, nothing was done.
+    #[error("{api}: IP banned (punish: deny)")]
+    IpBanned {
+        /// API name.
+        api: &'static str,
+    },
+    /// An error answer of the current API host (api.dingtalk.com): an HTTP status with
+    /// `{"code","message","requestid"}`, e.g. 400 `invalidClientIdOrSecret`.
+    #[error("{api}: HTTP {status} {code}: {message}{}", request_id_suffix(.request_id.as_deref()))]
+    Refused {
+        /// API name.
+        api: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// `code`, e.g. `invalidClientIdOrSecret`.
+        code: String,
+        /// `message`.
+        message: String,
+        /// `requestid`.
+        request_id: Option<String>,
+    },
     /// A JSON answer with a non-zero errcode.
-    #[error("{api}: errcode {code}: {message}")]
+    #[error("{api}: errcode {code}: {message}{}", request_id_suffix(.request_id.as_deref()))]
     Api {
         /// API name.
         api: &'static str,
@@ -55,6 +98,8 @@ pub enum Error {
         errcode: i64,
         /// errmsg / sub_msg.
         message: String,
+        /// DingTalk's `request_id` of the answer, which DingTalk support asks for.
+        request_id: Option<String>,
     },
     /// The relay is not calling DingTalk for this app for a while (monthly quota used up,
     /// credentials refused, IP banned): nothing was sent.
@@ -94,6 +139,11 @@ pub enum Disposition {
     Permanent,
 }
 
+/// ` (request_id …)` when there is one.
+fn request_id_suffix(request_id: Option<&str>) -> String {
+    request_id.map_or_else(String::new, |id| format!(" (request_id {id})"))
+}
+
 impl Error {
     /// The effective DingTalk errcode, when DingTalk answered with one.
     pub fn code(&self) -> Option<i64> {
@@ -103,16 +153,58 @@ impl Error {
         }
     }
 
+    /// DingTalk's `request_id` of the answer, when it gave one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Self::Api { request_id, .. } | Self::Refused { request_id, .. } => {
+                request_id.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// The API whose call failed; `None` when no call was made (pause, configuration).
+    pub fn api(&self) -> Option<&'static str> {
+        match self {
+            Self::Connect { api, .. }
+            | Self::NoAnswer { api, .. }
+            | Self::Http { api, .. }
+            | Self::InvalidBody { api, .. }
+            | Self::IpBanned { api }
+            | Self::Refused { api, .. }
+            | Self::Api { api, .. } => Some(api),
+            Self::Paused { .. } | Self::Config(_) => None,
+        }
+    }
+
     /// The decision of spec §7, made in one place. `idempotent` calls (gettoken, getbyname,
-    /// list) can be retried after an unanswered request; report/create cannot.
+    /// list) can be retried after any failure; for report/create only a definite DingTalk
+    /// errcode, a refusal before the backend (IP ban notice, 429) or a request that never
+    /// left proves that nothing was created: every other answer is ambiguous.
+    ///
+    /// Only report/create is not idempotent: an error of any other API is treated as
+    /// `idempotent` whatever the caller says.
     pub fn disposition(&self, idempotent: bool) -> Disposition {
+        let idempotent = idempotent
+            || self
+                .api()
+                .is_some_and(|api| api != super::api::REPORT_CREATE);
         match self {
             Self::Paused { wait, .. } => Disposition::Defer(*wait),
-            Self::Connect { .. } | Self::InvalidBody { .. } => Disposition::Retry,
-            Self::NoAnswer { .. } if idempotent => Disposition::Retry,
-            Self::NoAnswer { .. } => Disposition::Ambiguous,
-            Self::Http { status, .. } if *status >= 500 || *status == 429 => Disposition::Retry,
+            Self::Connect { .. } | Self::IpBanned { .. } => Disposition::Retry,
+            Self::InvalidBody { .. } | Self::NoAnswer { .. } if idempotent => Disposition::Retry,
+            Self::InvalidBody { .. } | Self::NoAnswer { .. } => Disposition::Ambiguous,
+            Self::Http { status: 429, .. } => Disposition::Retry,
+            Self::Http { status, .. } if *status >= 500 && idempotent => Disposition::Retry,
+            Self::Http { status, .. } if *status >= 500 => Disposition::Ambiguous,
             Self::Http { .. } => Disposition::Permanent,
+            Self::Refused { status, .. } if *status == 429 || *status >= 500 => Disposition::Retry,
+            // The token endpoint refused the app's key or secret.
+            Self::Refused {
+                api: super::api::GETTOKEN,
+                ..
+            } => Disposition::Defer(CREDENTIALS_WAIT),
+            Self::Refused { .. } => Disposition::Permanent,
             Self::Api {
                 api: super::api::GETTOKEN,
                 code,
@@ -135,7 +227,8 @@ impl Error {
         match self {
             Self::InvalidBody {
                 ip_banned: true, ..
-            } => Some(Duration::from_secs(300)),
+            }
+            | Self::IpBanned { .. } => Some(Duration::from_secs(300)),
             Self::Api { code: 90018, .. } => Some(Duration::from_secs(1)),
             Self::Api { code: 90006, .. } => Some(Duration::from_secs(60)),
             _ => None,
@@ -147,11 +240,18 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Self::Api {
-                api, code, message, ..
-            } => match hint(api, *code) {
-                Some(hint) => format!("{message} — {hint}"),
-                None => message.clone(),
-            },
+                api,
+                code,
+                message,
+                request_id,
+                ..
+            } => {
+                let id = request_id_suffix(request_id.as_deref());
+                match hint(api, *code) {
+                    Some(hint) => format!("{message} — {hint}{id}"),
+                    None => format!("{message}{id}"),
+                }
+            }
             other => other.to_string(),
         }
     }
@@ -180,6 +280,27 @@ fn hint(api: &str, code: i64) -> Option<&'static str> {
     })
 }
 
+/// Reads an error answer of the current API host (`{"code","message","requestid"}`), if the
+/// body is one.
+pub fn refused(api: &'static str, status: u16, body: &[u8]) -> Option<Error> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(200).collect::<String>())
+    };
+    Some(Error::Refused {
+        api,
+        status,
+        code: text("code")?,
+        message: text("message").unwrap_or_default(),
+        request_id: text("requestid")
+            .or_else(|| text("request_id"))
+            .filter(|id| id.len() <= 128),
+    })
+}
+
 /// Parses an errcode that DingTalk may send as a number or a string.
 pub fn lenient_code(value: &serde_json::Value) -> Option<i64> {
     match value {
@@ -201,11 +322,7 @@ pub fn check_body(api: &'static str, body: &serde_json::Value) -> Result<(), Err
         });
     };
     if object.get("punish").and_then(|p| p.as_str()) == Some("deny") {
-        return Err(Error::InvalidBody {
-            api,
-            detail: "IP banned (punish: deny)".to_owned(),
-            ip_banned: true,
-        });
+        return Err(Error::IpBanned { api });
     }
     let Some(errcode) = object.get("errcode").and_then(lenient_code) else {
         return Err(Error::InvalidBody {
@@ -234,11 +351,22 @@ pub fn check_body(api: &'static str, body: &serde_json::Value) -> Result<(), Err
         Some(sub) if !sub.is_empty() => format!("{errmsg} ({sub})"),
         _ => errmsg.to_owned(),
     };
+    let request_id = object
+        .get("request_id")
+        .or_else(|| object.get("requestid"))
+        .and_then(|id| match id {
+            serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        // An id is short; anything else is not one (and must not bloat the error).
+        .filter(|id| id.len() <= 128);
     Err(Error::Api {
         api,
         code,
         errcode,
         message,
+        request_id,
     })
 }
 
@@ -357,10 +485,13 @@ mod tests {
         .unwrap_err();
         assert_eq!(ban.disposition(false), Disposition::Retry);
         assert_eq!(ban.min_backoff(), Some(Duration::from_secs(300)));
-        let no_code = check_body("x", &json!({"result": "r"})).unwrap_err();
-        assert_eq!(no_code.disposition(false), Disposition::Retry);
-        let array = check_body("x", &json!([1, 2])).unwrap_err();
-        assert_eq!(array.disposition(false), Disposition::Retry);
+        // Not an envelope: a create may have happened; other calls are simply retried.
+        let no_code = check_body("report_create", &json!({"result": "r"})).unwrap_err();
+        assert_eq!(no_code.disposition(false), Disposition::Ambiguous);
+        assert_eq!(no_code.disposition(true), Disposition::Retry);
+        let array = check_body("report_create", &json!([1, 2])).unwrap_err();
+        assert_eq!(array.disposition(false), Disposition::Ambiguous);
+        assert_eq!(array.disposition(true), Disposition::Retry);
         // 88 without any sub_code stays 88 and is permanent (unknown).
         let bare88 = check_body("x", &json!({"errcode": 88, "errmsg": "鉴权"})).unwrap_err();
         assert_eq!(bare88.code(), Some(88));
@@ -380,18 +511,72 @@ mod tests {
         };
         assert_eq!(no_answer.disposition(false), Disposition::Ambiguous);
         assert_eq!(no_answer.disposition(true), Disposition::Retry);
-        for (status, expected) in [
-            (500, Disposition::Retry),
-            (502, Disposition::Retry),
-            (503, Disposition::Retry),
-            (429, Disposition::Retry),
-            (404, Disposition::Permanent),
+        // A gateway may answer 5xx after the backend committed: ambiguous for a create,
+        // retried for idempotent calls.
+        for (status, create, idempotent) in [
+            (500, Disposition::Ambiguous, Disposition::Retry),
+            (502, Disposition::Ambiguous, Disposition::Retry),
+            (503, Disposition::Ambiguous, Disposition::Retry),
+            (504, Disposition::Ambiguous, Disposition::Retry),
+            (429, Disposition::Retry, Disposition::Retry),
+            (404, Disposition::Permanent, Disposition::Permanent),
         ] {
             let e = Error::Http {
                 api: "report_create",
                 status,
             };
-            assert_eq!(e.disposition(false), expected, "{status}");
+            assert_eq!(e.disposition(false), create, "{status}");
+            assert_eq!(e.disposition(true), idempotent, "{status}");
+            let list = Error::Http {
+                api: "report_list",
+                status,
+            };
+            assert_eq!(list.disposition(false), idempotent, "{status}");
         }
+    }
+
+    #[test]
+    fn request_id_is_kept_in_the_message_and_display() {
+        let e = check_body(
+            "report_create",
+            &json!({"errcode": 88, "sub_code": "60011", "sub_msg": "无权限", "errmsg": "x",
+                "request_id": "4xq1mzp0a7k2"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.request_id(), Some("4xq1mzp0a7k2"));
+        assert!(
+            e.message().ends_with("(request_id 4xq1mzp0a7k2)"),
+            "{}",
+            e.message()
+        );
+        assert!(e.to_string().contains("request_id 4xq1mzp0a7k2"), "{e}");
+        let without = check_body("x", &json!({"errcode": -1, "errmsg": "busy"})).unwrap_err();
+        assert_eq!(without.request_id(), None);
+        assert!(!without.message().contains("request_id"));
+        let huge = "r".repeat(10_000);
+        let bloated = check_body("x", &json!({"errcode": -1, "request_id": huge})).unwrap_err();
+        assert_eq!(bloated.request_id(), None);
+    }
+
+    #[test]
+    fn v1_refusals_of_the_token_endpoint_defer_like_refused_credentials() {
+        let body = br#"{"code":"invalidClientIdOrSecret","message":"bad","requestid":"R1"}"#;
+        let e = refused("gettoken", 400, body).expect("a v1 error body");
+        assert_eq!(e.disposition(true), Disposition::Defer(CREDENTIALS_WAIT));
+        assert_eq!(e.request_id(), Some("R1"));
+        assert!(e.to_string().contains("invalidClientIdOrSecret"), "{e}");
+        let busy = refused("gettoken", 500, br#"{"code":"systemBusy"}"#).unwrap();
+        assert_eq!(busy.disposition(true), Disposition::Retry);
+        let throttled = refused("gettoken", 429, br#"{"code":"x"}"#).unwrap();
+        assert_eq!(throttled.disposition(true), Disposition::Retry);
+        assert!(refused("gettoken", 502, b"<html>").is_none());
+    }
+
+    #[test]
+    fn the_errcode_label_is_bounded() {
+        assert_eq!(errcode_label(90018), "90018");
+        assert_eq!(errcode_label(-1), "-1");
+        assert_eq!(errcode_label(777_777), "other");
+        assert_eq!(errcode_label(i64::MAX), "other");
     }
 }

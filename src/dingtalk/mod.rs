@@ -9,7 +9,7 @@ pub mod model;
 mod ratelimit;
 mod token;
 
-pub use client::{DingTalkClient, Reconciliation};
+pub use client::{Created, DingTalkClient, Reconciliation};
 pub use error::{Disposition, Error};
 pub use ledger::Ledger;
 pub use model::{CreateReportParam, ReportContent, ResolvedTemplate, TemplateField};

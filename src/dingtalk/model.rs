@@ -98,6 +98,15 @@ pub(crate) struct TokenAnswer {
     pub(crate) expires_in: i64,
 }
 
+/// The answer of `POST /v1.0/oauth2/accessToken`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct V1TokenAnswer {
+    pub(crate) access_token: String,
+    #[serde(default = "default_expires_in", deserialize_with = "lenient_i64")]
+    pub(crate) expire_in: i64,
+}
+
 fn default_expires_in() -> i64 {
     7200
 }
@@ -140,14 +149,20 @@ pub(crate) struct ListResult {
     pub(crate) data_list: Vec<ListedReport>,
     #[serde(default)]
     pub(crate) has_more: bool,
-    #[serde(default, deserialize_with = "lenient_i64_default")]
-    pub(crate) next_cursor: i64,
+    /// Opaque; absent (or not a number) means there is no next page.
+    #[serde(default, deserialize_with = "lenient_i64_option")]
+    pub(crate) next_cursor: Option<i64>,
 }
 
 fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
     super::error::lenient_code(&value)
         .ok_or_else(|| serde::de::Error::custom(format!("expected an integer, got {value}")))
+}
+
+fn lenient_i64_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(super::error::lenient_code(&value))
 }
 
 fn lenient_i64_default<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {

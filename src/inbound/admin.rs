@@ -200,7 +200,8 @@ pub fn delivery_json(d: &Delivery) -> Value {
         "attempts": d.attempts,
         "next_attempt_at": d.next_attempt_at.map(time),
         "last_error": d.last_error.as_ref().map(|e| json!({"errcode": e.errcode, "errmsg": e.errmsg})),
-        "report_id": d.report_id,
+        // Delivered with an empty id: DingTalk said errcode 0 without a usable id.
+        "report_id": d.report_id.as_deref().filter(|id| !id.is_empty()),
         "created_at": time(d.created_at),
         "updated_at": time(d.updated_at),
     })

@@ -15,7 +15,7 @@ use minijinja::Value;
 use serde::Serialize;
 
 use super::vars::{duration_human, local_time, status_icon, status_text};
-use super::{DraftContent, MAX_CONTENT_CHARS, ReportDraft, hard_breaks};
+use super::{DraftContent, MAX_CONTENT_CHARS, ReportDraft, content_len, hard_breaks};
 use crate::sources::{Event, Status};
 
 /// Names and one-line descriptions of the variables a digest field template sees.
@@ -364,14 +364,14 @@ fn more_text(more: &More) -> String {
 pub(super) fn fits(contents: &[DraftContent]) -> bool {
     contents
         .iter()
-        .all(|c| c.content.chars().count() <= MAX_CONTENT_CHARS)
+        .all(|c| content_len(&c.content) <= MAX_CONTENT_CHARS)
 }
 
 /// The last resort for a field that is too long even with no pipeline listed (long
 /// standups): whole trailing lines are dropped and replaced by one line saying how many.
 /// Returns (text, was_cut).
 pub(super) fn fit_lines(text: &str) -> (String, bool) {
-    if text.chars().count() <= MAX_CONTENT_CHARS {
+    if content_len(text) <= MAX_CONTENT_CHARS {
         return (text.to_owned(), false);
     }
     let lines: Vec<&str> = text.lines().collect();
@@ -385,7 +385,7 @@ pub(super) fn fit_lines(text: &str) -> (String, bool) {
         } else {
             hard_breaks(&format!("{}\n{marker}", body.trim_end()))
         };
-        if candidate.chars().count() <= MAX_CONTENT_CHARS {
+        if content_len(&candidate) <= MAX_CONTENT_CHARS {
             return (candidate, true);
         }
         if kept == 0 {

@@ -27,8 +27,16 @@ use crate::sources::{Event, JobStatus, Standup};
 
 pub use digest::{DigestHeader, DigestReport};
 
-/// DingTalk's limit on one content, in characters.
+/// DingTalk's limit on one content, in characters. The relay counts them as UTF-16 code
+/// units ([`content_len`]): DingTalk's Java backend may, and it is never more than the count
+/// of code points, so a content within it fits however DingTalk counts.
 pub const MAX_CONTENT_CHARS: usize = 1000;
+
+/// The length of a content as the relay counts it against [`MAX_CONTENT_CHARS`]: UTF-16 code
+/// units (an emoji outside the BMP counts 2).
+pub fn content_len(content: &str) -> usize {
+    content.encode_utf16().count()
+}
 
 /// The report a delivery will create, before its template is resolved. Stored with the
 /// delivery, so it is self-contained: a config change does not alter what was accepted.
@@ -720,20 +728,83 @@ pub fn digest_variables() -> &'static [(&'static str, &'static str)] {
     digest::VARIABLES
 }
 
-/// Cuts `content` to [`MAX_CONTENT_CHARS`] characters (not bytes), ending with the visible
-/// [`TRUNCATION_MARKER`] that counts toward the limit. Returns (text, was_cut).
+/// Cuts `content` to at most [`MAX_CONTENT_CHARS`] UTF-16 code units, ending with the
+/// visible [`TRUNCATION_MARKER`] that counts toward the limit. The cut falls on a grapheme
+/// cluster boundary (never inside an emoji sequence, a flag or before a combining mark) and
+/// never inside a markdown link or image (`[text](url)`, `![alt](url)`): such a link is
+/// dropped whole. Returns (text, was_cut).
 pub fn truncate(content: &str) -> (String, bool) {
-    if content.chars().nth(MAX_CONTENT_CHARS).is_none() {
+    use unicode_segmentation::UnicodeSegmentation;
+    if content_len(content) <= MAX_CONTENT_CHARS {
         return (content.to_owned(), false);
     }
-    let keep = MAX_CONTENT_CHARS - TRUNCATION_MARKER.chars().count();
-    let end = content
-        .char_indices()
-        .nth(keep)
-        .map_or(content.len(), |(i, _)| i);
+    let budget = MAX_CONTENT_CHARS - content_len(TRUNCATION_MARKER);
+    let mut end = 0;
+    let mut used = 0;
+    for (at, grapheme) in content.grapheme_indices(true) {
+        let units = content_len(grapheme);
+        if used + units > budget {
+            break;
+        }
+        used += units;
+        end = at + grapheme.len();
+    }
+    if let Some(start) = markdown_links(content)
+        .into_iter()
+        .find(|&(start, stop)| start < end && end < stop)
+        .map(|(start, _)| start)
+    {
+        end = start;
+    }
     let mut out = content[..end].trim_end().to_owned();
     out.push_str(TRUNCATION_MARKER);
     (out, true)
+}
+
+/// Byte ranges of the markdown links and images of `text`: from `[` (or `![`) to the `)`
+/// that closes the URL, on one line.
+fn markdown_links(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut links = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'[' {
+            i += 1;
+            continue;
+        }
+        let start = if i > 0 && bytes[i - 1] == b'!' {
+            i - 1
+        } else {
+            i
+        };
+        let line_end = text[i..].find('\n').map_or(text.len(), |n| i + n);
+        let Some(close) = text[i..line_end].find("](").map(|n| i + n) else {
+            i += 1;
+            continue;
+        };
+        // The URL may hold balanced parentheses (e.g. wiki links).
+        let mut depth = 0usize;
+        let mut stop = None;
+        for (offset, b) in bytes[close + 2..line_end].iter().enumerate() {
+            match b {
+                b'(' => depth += 1,
+                b')' if depth == 0 => {
+                    stop = Some(close + 2 + offset + 1);
+                    break;
+                }
+                b')' => depth -= 1,
+                _ => {}
+            }
+        }
+        match stop {
+            Some(stop) => {
+                links.push((start, stop));
+                i = stop;
+            }
+            None => i += 1,
+        }
+    }
+    links
 }
 
 /// Why a job_status event does not pass the route's filters, if it does not.

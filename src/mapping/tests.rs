@@ -821,27 +821,35 @@ fn render_failures_and_unknown_routes_are_errors() {
 }
 
 #[test]
-fn truncate_counts_characters() {
-    let marker = TRUNCATION_MARKER.chars().count();
-    // (label, input, cut)
+fn truncate_counts_utf16_units() {
+    let marker = content_len(TRUNCATION_MARKER);
+    // (label, input, cut, units kept before the marker)
     let cases: Vec<(&str, String, bool)> = vec![
         ("short", "abc".to_owned(), false),
         ("exactly 1000", "a".repeat(1000), false),
         ("1001", "a".repeat(1001), true),
         ("1000 Chinese", "中".repeat(1000), false),
         ("1001 Chinese", "中".repeat(1001), true),
-        ("1000 emoji", "😀".repeat(1000), false),
-        ("1001 emoji", "😀".repeat(1001), true),
-        ("mixed", "a中😀".repeat(400), true),
+        // An emoji outside the BMP is two UTF-16 units: 500 fit, 501 do not.
+        ("500 emoji", "😀".repeat(500), false),
+        ("501 emoji", "😀".repeat(501), true),
+        ("mixed", "a中😀".repeat(300), true),
     ];
     for (label, input, want_cut) in cases {
         let (out, cut) = truncate(&input);
         assert_eq!(cut, want_cut, "{label}");
+        assert!(content_len(&out) <= MAX_CONTENT_CHARS, "{label}");
+        assert!(out.chars().count() <= MAX_CONTENT_CHARS, "{label}");
         if want_cut {
-            assert_eq!(out.chars().count(), MAX_CONTENT_CHARS, "{label}");
             assert!(out.ends_with(TRUNCATION_MARKER), "{label}");
-            let kept: String = input.chars().take(MAX_CONTENT_CHARS - marker).collect();
-            assert!(out.starts_with(&kept), "{label}");
+            let kept = out.strip_suffix(TRUNCATION_MARKER).unwrap();
+            assert!(input.starts_with(kept), "{label}");
+            // Nothing more of the input would have fitted.
+            let next = input[kept.len()..].chars().next().unwrap();
+            assert!(
+                content_len(kept) + next.len_utf16() + marker > MAX_CONTENT_CHARS,
+                "{label}"
+            );
         } else {
             assert_eq!(out, input, "{label}");
         }
@@ -864,6 +872,39 @@ fn truncate_counts_characters() {
 }
 
 #[test]
+fn truncate_never_splits_a_grapheme_or_a_link() {
+    let marker = content_len(TRUNCATION_MARKER);
+    let budget = MAX_CONTENT_CHARS - marker;
+    // (label, the cluster or link placed across the cut)
+    let clusters = [
+        ("family emoji", "👨\u{200d}👩\u{200d}👧\u{200d}👦"),
+        ("flag", "🇨🇳"),
+        ("combining mark", "e\u{301}\u{302}"),
+        ("skin tone", "👍🏽"),
+        ("link", "[构建 #812](https://ci.example.com/runs/812)"),
+        ("image", "![badge](https://ci.example.com/badge.svg?x=(1))"),
+    ];
+    for (label, piece) in clusters {
+        // Start the piece one unit before the budget runs out, so a naive cut splits it.
+        let input = format!("{}{piece}{}", "a".repeat(budget - 1), "z".repeat(100));
+        let (out, cut) = truncate(&input);
+        assert!(cut, "{label}");
+        assert!(content_len(&out) <= MAX_CONTENT_CHARS, "{label}");
+        let kept = out.strip_suffix(TRUNCATION_MARKER).unwrap();
+        assert_eq!(
+            kept,
+            "a".repeat(budget - 1),
+            "{label}: the piece is dropped whole"
+        );
+    }
+    // A link that fits whole is kept.
+    let link = "[run](https://x.example/1)";
+    let input = format!("{}{link}{}", "a".repeat(100), "z".repeat(2000));
+    let (out, _) = truncate(&input);
+    assert!(out.contains(link));
+}
+
+#[test]
 fn long_contents_are_cut_and_reported() {
     let m = mapper(&route(
         "    fields:\n      今日完成工作: \"{{ summary }}\"\n      未完成工作: \"ok\"\n",
@@ -871,7 +912,7 @@ fn long_contents_are_cut_and_reported() {
     let (draft, truncated) = report(&m, &job_with(&[("summary", "测".repeat(1500).into())]));
     assert_eq!(truncated, vec!["今日完成工作"]);
     let done = content(&draft, "今日完成工作").unwrap();
-    assert_eq!(done.chars().count(), MAX_CONTENT_CHARS);
+    assert_eq!(content_len(done), MAX_CONTENT_CHARS);
     assert!(done.ends_with(TRUNCATION_MARKER));
     assert_eq!(content(&draft, "未完成工作"), Some("ok"));
 }

@@ -15,8 +15,9 @@ use rand::Rng;
 use serde_json::{Map, Value, json};
 
 use super::{
-    CreatedContent, CreatedReport, FakeDingTalk, FakeTemplate, Fault, Ledger, MAX_CONTENT_CHARS,
-    MAX_REMEMBERED_TOKENS, MAX_STORED_REPORTS, TokenEntry,
+    CreatedContent, CreatedReport, FIRST_CURSOR_CEILING, FakeDingTalk, FakeTemplate, Fault, Ledger,
+    MAX_CONTENT_CHARS, MAX_LIST_WINDOW_MS, MAX_REMEMBERED_CURSORS, MAX_REMEMBERED_TOKENS,
+    MAX_STORED_REPORTS, TokenEntry, normalised_listing,
 };
 
 /// A JSON answer: `Ok` for success, `Err` for an error body; both are sent with HTTP 200.
@@ -26,6 +27,7 @@ type Answer = Result<Value, Value>;
 pub(super) fn router(fake: FakeDingTalk) -> Router {
     Router::new()
         .route("/gettoken", get(gettoken).fallback(need_get))
+        .route("/v1.0/oauth2/accessToken", post(access_token_v1))
         .route("/topapi/report/create", post(create).fallback(need_post))
         .route(
             "/topapi/report/template/getbyname",
@@ -40,25 +42,66 @@ pub(super) fn router(fake: FakeDingTalk) -> Router {
 // Handlers
 // ---------------------------------------------------------------------------------------
 
-/// Plays a scripted fault: `Err` is the answer to give instead, `Ok(Some(d))` means "answer
-/// normally, then hang for `d`", `Ok(None)` means "answer normally" (after any delay).
+/// What to do with an answer after the call was processed normally.
+enum AfterCommit {
+    /// Send it.
+    Answer,
+    /// Sleep this long, then send it.
+    Hang(Duration),
+    /// Replace it with this HTTP status (the work is done, the answer is lost).
+    Http(u16),
+    /// Send `result` as an object `{"report_id": …}`.
+    ResultObject,
+    /// Send it without `result`.
+    NoResult,
+}
+
+/// Plays a scripted fault: `Err` is the answer to give instead of processing the call,
+/// `Ok(after)` means "process the call normally (after any delay), then do `after`".
 async fn apply_fault(
     fake: &FakeDingTalk,
     fault: Option<Fault>,
     topapi: bool,
-) -> Result<Option<Duration>, Response> {
+) -> Result<AfterCommit, Response> {
     match fault {
-        None => Ok(None),
+        None => Ok(AfterCommit::Answer),
         Some(Fault::Delay(delay)) => {
             pause(delay).await;
-            Ok(None)
+            Ok(AfterCommit::Answer)
         }
-        Some(Fault::CommitThenHang(delay)) => Ok(Some(delay)),
+        Some(Fault::CommitThenHang(delay)) => Ok(AfterCommit::Hang(delay)),
+        Some(Fault::CommitThenHttp(status)) => Ok(AfterCommit::Http(status)),
+        Some(Fault::CommitThenResultObject) => Ok(AfterCommit::ResultObject),
+        Some(Fault::CommitWithoutResult) => Ok(AfterCommit::NoResult),
         Some(Fault::HangWithoutCommit(delay)) => {
             pause(delay).await;
             Err(fault_response(fake, &Fault::Http(504), topapi))
         }
         Some(fault) => Err(fault_response(fake, &fault, topapi)),
+    }
+}
+
+/// Sends `answer` as `after` says (a successful answer only is reshaped).
+async fn finish(fake: &FakeDingTalk, answer: Answer, after: AfterCommit, topapi: bool) -> Response {
+    match (after, answer) {
+        (AfterCommit::Hang(delay), answer) => {
+            pause(delay).await;
+            json_response(answer, topapi)
+        }
+        (AfterCommit::Http(status), _) => fault_response(fake, &Fault::Http(status), topapi),
+        (AfterCommit::ResultObject, Ok(mut body)) => {
+            if let Some(id) = body.get("result").cloned() {
+                body["result"] = json!({"report_id": id});
+            }
+            json_response(Ok(body), topapi)
+        }
+        (AfterCommit::NoResult, Ok(mut body)) => {
+            if let Value::Object(map) = &mut body {
+                map.remove("result");
+            }
+            json_response(Ok(body), topapi)
+        }
+        (_, answer) => json_response(answer, topapi),
     }
 }
 
@@ -70,16 +113,63 @@ async fn gettoken(State(fake): State<FakeDingTalk>, RawQuery(query): RawQuery) -
     };
     pause(latency).await;
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
-    let hang = match apply_fault(&fake, fault, false).await {
-        Ok(hang) => hang,
+    let after = match apply_fault(&fake, fault, false).await {
+        Ok(after) => after,
         Err(response) => return response,
     };
     let answer = fake.issue_token(&query);
-    if let Some(delay) = hang {
-        pause(delay).await;
-    }
     tracing::debug!(errcode = errcode_of(&answer), "sandbox gettoken");
-    json_response(answer, false)
+    finish(&fake, answer, after, false).await
+}
+
+/// `POST /v1.0/oauth2/accessToken` (the current token endpoint of api.dingtalk.com):
+/// `{"appKey","appSecret"}` → `{"accessToken","expireIn"}`; errors are HTTP 400 with
+/// `{"code","message","requestid"}`. Same tokens and faults as `gettoken`.
+async fn access_token_v1(State(fake): State<FakeDingTalk>, body: Bytes) -> Response {
+    fake.inner.gettoken_calls.fetch_add(1, Ordering::SeqCst);
+    fake.inner.access_token_calls.fetch_add(1, Ordering::SeqCst);
+    let (latency, fault) = {
+        let mut ledger = fake.ledger();
+        (ledger.latency, ledger.gettoken_faults.pop_front())
+    };
+    pause(latency).await;
+    let after = match apply_fault(&fake, fault, false).await {
+        Ok(after) => after,
+        Err(response) => return response,
+    };
+    let refuse = |code: &str, message: &str| {
+        let body = json!({"code": code, "message": message, "requestid": random_request_id()});
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    };
+    let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(&body) else {
+        return refuse("MissingParameter", "请求体必须是JSON对象");
+    };
+    let text = |key: &str| {
+        params
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let query: HashMap<String, String> = [
+        ("appkey".to_owned(), text("appKey")),
+        ("appsecret".to_owned(), text("appSecret")),
+    ]
+    .into();
+    let answer = match fake.issue_token(&query) {
+        Ok(token) => Ok(json!({
+            "accessToken": token["access_token"],
+            "expireIn": token["expires_in"],
+        })),
+        Err(error) if error["errcode"] == 40035 => {
+            return refuse("MissingParameter", "缺少参数 appKey 或 appSecret");
+        }
+        Err(_) => {
+            return refuse("invalidClientIdOrSecret", "无效的clientId或者clientSecret");
+        }
+    };
+    tracing::debug!("sandbox v1.0/oauth2/accessToken");
+    finish(&fake, answer, after, false).await
 }
 
 async fn create(
@@ -100,19 +190,16 @@ async fn create(
     };
     pause(latency).await;
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
-    let hang = match apply_fault(&fake, fault, true).await {
-        Ok(hang) => hang,
+    let after = match apply_fault(&fake, fault, true).await {
+        Ok(after) => after,
         Err(response) => return response,
     };
     if !fake.take_quota() {
         return quota_used_up(&fake);
     }
     let answer = fake.create_report(&query, parsed.as_ref());
-    if let Some(delay) = hang {
-        pause(delay).await;
-    }
     tracing::debug!(errcode = errcode_of(&answer), "sandbox report/create");
-    json_response(answer, true)
+    finish(&fake, answer, after, true).await
 }
 
 async fn getbyname(
@@ -148,16 +235,17 @@ async fn list(
         (ledger.latency, ledger.list_faults.pop_front())
     };
     pause(latency).await;
-    if let Err(response) = apply_fault(&fake, fault, true).await {
-        return response;
-    }
+    let after = match apply_fault(&fake, fault, true).await {
+        Ok(after) => after,
+        Err(response) => return response,
+    };
     if !fake.take_quota() {
         return quota_used_up(&fake);
     }
     let query = parse_urlencoded(query.as_deref().unwrap_or(""));
     let answer = fake.list_reports(&query, &headers, &body);
     tracing::debug!(errcode = errcode_of(&answer), "sandbox report/list");
-    json_response(answer, true)
+    finish(&fake, answer, after, true).await
 }
 
 async fn need_get(State(fake): State<FakeDingTalk>) -> Response {
@@ -330,7 +418,7 @@ impl FakeDingTalk {
             let convs: Vec<Value> = template
                 .default_received_convs
                 .iter()
-                .map(|(cid, title)| json!({"cid": cid, "title": title}))
+                .map(|(cid, title)| json!({"conversation_id": cid, "title": title}))
                 .collect();
             result["default_received_convs"] = Value::Array(convs);
         }
@@ -344,7 +432,7 @@ impl FakeDingTalk {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Answer {
-        let ledger = self.ledger();
+        let mut ledger = self.ledger();
         check_token(&ledger, query)?;
         let params = body_params(headers, body)?;
         let start_time = required_int(&params, "start_time")?;
@@ -354,14 +442,23 @@ impl FakeDingTalk {
         if !(1..=20).contains(&size) {
             return Err(param_error("size 必须在 1 到 20 之间"));
         }
-        if cursor < 0 {
-            return Err(param_error("cursor 不能为负数"));
-        }
         if start_time > end_time {
             return Err(param_error("start_time 不能大于 end_time"));
         }
+        if end_time.saturating_sub(start_time) > MAX_LIST_WINDOW_MS {
+            return Err(param_error("查询时间跨度不能超过180天"));
+        }
+        // Cursors are opaque: 0 starts, any other value must be one this fake handed out.
+        let offset = match cursor {
+            0 => 0,
+            c => *ledger
+                .list_cursors
+                .get(&c)
+                .ok_or_else(|| param_error("cursor 不合法"))?,
+        };
         let template_name = optional_str(&params, "template_name")?;
         let userid = optional_str(&params, "userid")?;
+        let normalise = self.inner.options.normalise_listed_text;
 
         let matching: Vec<&CreatedReport> = ledger
             .reports
@@ -370,16 +467,16 @@ impl FakeDingTalk {
             .filter(|r| template_name.is_none_or(|name| r.template_name == name))
             .filter(|r| userid.is_none_or(|id| r.userid == id))
             .collect();
-        let offset = usize::try_from(cursor).unwrap_or(usize::MAX);
         let page_size = usize::try_from(size).unwrap_or(20);
         let page: Vec<Value> = matching
             .iter()
             .skip(offset)
             .take(page_size)
-            .map(|r| report_json(r))
+            .map(|r| report_json(r, normalise))
             .collect();
-        let next_cursor = offset.saturating_add(page.len());
-        let has_more = next_cursor < matching.len();
+        let next_offset = offset.saturating_add(page.len());
+        let has_more = next_offset < matching.len();
+        let next_cursor = next_list_cursor(&mut ledger, next_offset);
         Ok(json!({
             "errcode": 0,
             "errmsg": "ok",
@@ -393,11 +490,35 @@ impl FakeDingTalk {
     }
 }
 
-fn report_json(report: &CreatedReport) -> Value {
+/// Hands out an opaque cursor for `offset`: a large number drawn below the previous one, so
+/// cursors never grow (like DingTalk's, nothing about them is an offset). Like the doc's
+/// example, a cursor is given even with `has_more: false`.
+fn next_list_cursor(ledger: &mut Ledger, offset: usize) -> i64 {
+    let step = rand::rng().random_range(1..1_000_000i64);
+    let mut cursor = ledger.last_cursor - step;
+    if cursor < 1_000_000 {
+        cursor = FIRST_CURSOR_CEILING - step;
+    }
+    ledger.last_cursor = cursor;
+    if ledger.list_cursors.len() >= MAX_REMEMBERED_CURSORS {
+        ledger.list_cursors.clear();
+    }
+    ledger.list_cursors.insert(cursor, offset);
+    cursor
+}
+
+fn report_json(report: &CreatedReport, normalise: bool) -> Value {
     let contents: Vec<Value> = report
         .contents
         .iter()
-        .map(|c| json!({"key": c.key, "sort": c.sort.to_string(), "type": "1", "value": c.content}))
+        .map(|c| {
+            let value = if normalise {
+                normalised_listing(&c.content)
+            } else {
+                c.content.clone()
+            };
+            json!({"key": c.key, "sort": c.sort.to_string(), "type": "1", "value": value})
+        })
         .collect();
     json!({
         "report_id": report.report_id,
@@ -740,7 +861,7 @@ fn fault_response(fake: &FakeDingTalk, fault: &Fault, topapi: bool) -> Response 
             }
             json_response(Err(wrapped(sub_code)), topapi)
         }
-        Fault::Http(code) => {
+        Fault::Http(code) | Fault::CommitThenHttp(code) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
             let reason = status.canonical_reason().unwrap_or("Error");
             (status, format!("{} {reason}", status.as_u16())).into_response()
@@ -752,12 +873,30 @@ fn fault_response(fake: &FakeDingTalk, fault: &Fault, topapi: bool) -> Response 
              <body><h1>Access Denied</h1><p>您的访问因安全原因被拦截，请稍后再试。</p></body></html>",
         )
             .into_response(),
+        Fault::Oversized(size) => {
+            const CHUNK: u64 = 64 * 1024;
+            let chunk = bytes::Bytes::from(vec![b' '; CHUNK as usize]);
+            let chunks = size.div_ceil(CHUNK);
+            let stream = futures::stream::iter(
+                (0..chunks).map(move |_| Ok::<_, std::convert::Infallible>(chunk.clone())),
+            );
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
         Fault::IpBan => (
             StatusCode::OK,
             Json(json!({"status": 1111, "wait": 5, "source": "x5", "punish": "deny"})),
         )
             .into_response(),
-        Fault::Delay(_) | Fault::CommitThenHang(_) | Fault::HangWithoutCommit(_) => {
+        Fault::Delay(_)
+        | Fault::CommitThenHang(_)
+        | Fault::HangWithoutCommit(_)
+        | Fault::CommitThenResultObject
+        | Fault::CommitWithoutResult => {
             json_response(Err(bare(-1, message_for(-1))), topapi)
         }
     }

@@ -8,7 +8,8 @@
 //! on `report/create`. Auth, permission and rate errors are wrapped as `errcode: 88` with
 //! the real code in `sub_code`; `gettoken` and parameter errors are bare.
 //!
-//! Endpoints: `GET /gettoken`, `POST /topapi/report/create`,
+//! Endpoints: `GET /gettoken`, `POST /v1.0/oauth2/accessToken` (api.dingtalk.com's token
+//! endpoint, errors as HTTP 400 `{"code","message"}`), `POST /topapi/report/create`,
 //! `POST /topapi/report/template/getbyname`, `POST /topapi/report/list`; any other path
 //! under `/topapi` answers `errcode: 22` (不合法ApiName).
 
@@ -32,6 +33,15 @@ pub const MAX_CONTENT_CHARS: usize = 1000;
 
 /// Id of the template built by [`FakeTemplate::daily_report`].
 pub const DAILY_REPORT_TEMPLATE_ID: &str = "sandbox-daily-report-template";
+
+/// Longest `end_time - start_time` that `report/list` accepts: 180 days, in ms.
+pub const MAX_LIST_WINDOW_MS: i64 = 180 * 86_400 * 1000;
+
+/// Cursors of `report/list` are drawn below this (the doc's example cursor is 2862455276).
+const FIRST_CURSOR_CEILING: i64 = 4_000_000_000;
+
+/// Most list cursors remembered (older ones answer "invalid cursor").
+const MAX_REMEMBERED_CURSORS: usize = 10_000;
 
 /// Most issued access tokens remembered (so old ones still answer "expired", not "unknown").
 const MAX_REMEMBERED_TOKENS: usize = 1024;
@@ -101,6 +111,10 @@ pub struct FakeOptions {
     pub known_users: Vec<String>,
     /// Delay added to every answer (default 0).
     pub latency: Duration,
+    /// When true, `report/list` returns each content the way a server may rewrite stored
+    /// text (see [`normalised_listing`]): CRLF line ends, trailing spaces dropped, runs of
+    /// blank lines collapsed, `&` `<` `>` as HTML entities (default false: as stored).
+    pub normalise_listed_text: bool,
 }
 
 impl Default for FakeOptions {
@@ -113,6 +127,7 @@ impl Default for FakeOptions {
             templates: vec![FakeTemplate::daily_report()],
             known_users: Vec::new(),
             latency: Duration::ZERO,
+            normalise_listed_text: false,
         }
     }
 }
@@ -127,6 +142,7 @@ impl fmt::Debug for FakeOptions {
             .field("templates", &self.templates)
             .field("known_users", &self.known_users)
             .field("latency", &self.latency)
+            .field("normalise_listed_text", &self.normalise_listed_text)
             .finish()
     }
 }
@@ -153,6 +169,18 @@ pub enum Fault {
     /// Sleep this long, then answer HTTP 504 without creating anything: to a client that
     /// timed out, the outcome is unknown although nothing was created.
     HangWithoutCommit(Duration),
+    /// Process the call normally (a valid create stores the report), then answer this HTTP
+    /// status with a gateway's text body, as a gateway does when the backend committed but
+    /// its answer timed out (502/504).
+    CommitThenHttp(u16),
+    /// Process the call normally, then answer `errcode 0` with `result` as an object
+    /// `{"report_id": …}` instead of the documented plain id.
+    CommitThenResultObject,
+    /// Process the call normally, then answer `errcode 0` without any `result`.
+    CommitWithoutResult,
+    /// HTTP 200 with a body of this many bytes, streamed without a declared length and
+    /// never buffered by the fake (an answer of hundreds of MB), nothing processed.
+    Oversized(u64),
 }
 
 /// A report the fake has created.
@@ -191,6 +219,25 @@ pub struct CreatedContent {
     pub content: String,
 }
 
+/// A content as a server that rewrites stored text would list it: line ends as CRLF,
+/// trailing spaces and tabs dropped from each line, runs of blank lines collapsed into one,
+/// and `&`, `<`, `>` written as HTML entities.
+pub fn normalised_listing(content: &str) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for line in content.replace("\r\n", "\n").split('\n') {
+        let line = line.trim_end_matches([' ', '\t']);
+        if line.is_empty() && lines.last().is_some_and(String::is_empty) {
+            continue;
+        }
+        lines.push(
+            line.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;"),
+        );
+    }
+    lines.join("\r\n")
+}
+
 /// An issued access token.
 struct TokenEntry {
     expires_at: tokio::time::Instant,
@@ -212,12 +259,17 @@ struct Ledger {
     /// calls it has taken (refused ones are not taken).
     monthly_quota: Option<u64>,
     quota_used: u64,
+    /// Cursors handed out by `report/list`: opaque number -> offset of the next page.
+    list_cursors: HashMap<i64, usize>,
+    /// The last cursor handed out; the next one is drawn below it (cursors do not grow).
+    last_cursor: i64,
 }
 
 struct Inner {
     options: FakeOptions,
     ledger: Mutex<Ledger>,
     gettoken_calls: AtomicUsize,
+    access_token_calls: AtomicUsize,
     create_calls: AtomicUsize,
     getbyname_calls: AtomicUsize,
     list_calls: AtomicUsize,
@@ -256,12 +308,15 @@ impl FakeDingTalk {
             list_faults: VecDeque::new(),
             monthly_quota: None,
             quota_used: 0,
+            list_cursors: HashMap::new(),
+            last_cursor: FIRST_CURSOR_CEILING,
         };
         Self {
             inner: Arc::new(Inner {
                 options,
                 ledger: Mutex::new(ledger),
                 gettoken_calls: AtomicUsize::new(0),
+                access_token_calls: AtomicUsize::new(0),
                 create_calls: AtomicUsize::new(0),
                 getbyname_calls: AtomicUsize::new(0),
                 list_calls: AtomicUsize::new(0),
@@ -313,9 +368,15 @@ impl FakeDingTalk {
         self.ledger().reports.iter().cloned().collect()
     }
 
-    /// Number of `/gettoken` requests received.
+    /// Number of token requests received (`/gettoken` and `/v1.0/oauth2/accessToken`).
     pub fn gettoken_calls(&self) -> usize {
         self.inner.gettoken_calls.load(Ordering::SeqCst)
+    }
+
+    /// Number of `/v1.0/oauth2/accessToken` requests received (also in
+    /// [`FakeDingTalk::gettoken_calls`]).
+    pub fn access_token_calls(&self) -> usize {
+        self.inner.access_token_calls.load(Ordering::SeqCst)
     }
 
     /// Number of `report/create` requests received, whatever their answer.

@@ -322,7 +322,15 @@ async fn getbyname_known_and_unknown() {
         .to_bytes();
     let weekly: Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(weekly["result"]["id"], "weekly", "{weekly}");
-    assert_eq!(weekly["result"]["default_received_convs"][0]["cid"], "cid1");
+    assert_eq!(
+        weekly["result"]["default_received_convs"][0]["conversation_id"],
+        "cid1"
+    );
+    assert!(
+        weekly["result"]["default_received_convs"][0]
+            .get("cid")
+            .is_none()
+    );
 
     let (_, unknown) = call(
         &fake,
@@ -381,7 +389,9 @@ async fn list_filters_and_pages() {
     assert_eq!(page1["errcode"], 0, "{page1}");
     assert_eq!(page1["result"]["size"], 2);
     assert_eq!(page1["result"]["has_more"], true);
-    assert_eq!(page1["result"]["next_cursor"], 2);
+    // The cursor is opaque: a large number, not the offset 2.
+    let cursor = page1["result"]["next_cursor"].as_i64().expect("a cursor");
+    assert!(cursor > 1_000_000, "{page1}");
     let first = &page1["result"]["data_list"][0];
     assert_eq!(first["creator_id"], "u1");
     assert_eq!(first["template_name"], "日报");
@@ -392,11 +402,14 @@ async fn list_filters_and_pages() {
         &fake,
         "POST",
         &uri,
-        &query(json!({"userid": "u1", "template_name": "日报", "cursor": 2})),
+        &query(json!({"userid": "u1", "template_name": "日报", "cursor": cursor})),
     )
     .await;
     assert_eq!(page2["result"]["size"], 1);
     assert_eq!(page2["result"]["has_more"], false);
+    // Like the doc's example, the last page still carries a cursor, and it did not grow.
+    let last = page2["result"]["next_cursor"].as_i64().expect("a cursor");
+    assert!(last < cursor, "{page2}");
     assert_eq!(
         page2["result"]["data_list"][0]["contents"][0]["value"],
         "第2条"
@@ -427,11 +440,86 @@ async fn list_filters_and_pages() {
         &fake,
         "POST",
         &uri,
-        &json!({"start_time": 0, "end_time": start - 10, "size": 20}).to_string(),
+        &json!({"start_time": start - 86_400_000, "end_time": start - 10, "size": 20}).to_string(),
     )
     .await;
     assert_eq!(before["result"]["size"], 0);
-    assert_eq!(fake.list_calls(), 7);
+    let (_, unknown_cursor) = call(&fake, "POST", &uri, &query(json!({"cursor": 2}))).await;
+    assert_eq!(unknown_cursor["errcode"], 400002, "{unknown_cursor}");
+    let (_, half_year) = call(
+        &fake,
+        "POST",
+        &uri,
+        &json!({"start_time": end - MAX_LIST_WINDOW_MS, "end_time": end, "cursor": 0, "size": 20})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(half_year["errcode"], 0, "{half_year}");
+    let (_, too_long) = call(
+        &fake,
+        "POST",
+        &uri,
+        &json!({"start_time": end - MAX_LIST_WINDOW_MS - 1, "end_time": end, "cursor": 0, "size": 20})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(too_long["errcode"], 400002, "{too_long}");
+    assert!(too_long["errmsg"].as_str().unwrap().contains("180"));
+    assert_eq!(fake.list_calls(), 10);
+}
+
+#[tokio::test]
+async fn commit_faults_create_the_report_and_then_misanswer() {
+    let fake = FakeDingTalk::new(FakeOptions::default());
+    let tok = token(&fake).await;
+    fake.push_create_fault(Fault::CommitThenHttp(502));
+    fake.push_create_fault(Fault::CommitThenResultObject);
+    fake.push_create_fault(Fault::CommitWithoutResult);
+    let uri = format!("/topapi/report/create?access_token={tok}");
+    let (status, gateway) = call(&fake, "POST", &uri, &create_body("u1", "a")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(gateway.is_string(), "a gateway page, not JSON: {gateway}");
+    assert_eq!(fake.reports().len(), 1, "committed before the 502");
+    let (_, object) = call(&fake, "POST", &uri, &create_body("u1", "b")).await;
+    assert_eq!(object["errcode"], 0);
+    assert_eq!(
+        object["result"]["report_id"],
+        fake.reports()[1].report_id.as_str()
+    );
+    let (_, bare) = call(&fake, "POST", &uri, &create_body("u1", "c")).await;
+    assert_eq!(bare["errcode"], 0);
+    assert!(bare.get("result").is_none(), "{bare}");
+    assert_eq!(fake.reports().len(), 3);
+}
+
+#[tokio::test]
+async fn listed_text_can_come_back_normalised() {
+    let fake = FakeDingTalk::new(FakeOptions {
+        normalise_listed_text: true,
+        ..FakeOptions::default()
+    });
+    let tok = token(&fake).await;
+    let sent = "**a & b**  \nx < y > z\n\n\n\nend  ";
+    assert_eq!(
+        create(&fake, &tok, &create_body("u1", sent)).await["errcode"],
+        0
+    );
+    let (_, listed) = call(
+        &fake,
+        "POST",
+        &format!("/topapi/report/list?access_token={tok}"),
+        &json!({"start_time": chrono::Utc::now().timestamp_millis() - 60_000,
+            "end_time": chrono::Utc::now().timestamp_millis() + 1,
+            "cursor": 0, "size": 20, "userid": "u1"})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(
+        listed["result"]["data_list"][0]["contents"][0]["value"],
+        "**a &amp; b**\r\nx &lt; y &gt; z\r\n\r\nend"
+    );
+    // What was stored is unchanged.
+    assert_eq!(fake.reports()[0].contents[0].content, sent);
 }
 
 #[tokio::test]
@@ -445,4 +533,38 @@ async fn latency_and_spawn_work() {
     let _ = token(&fake).await;
     assert!(started.elapsed() >= Duration::from_millis(50));
     assert!(!format!("{:?}", fake.options()).contains("sandbox-app-secret"));
+}
+
+#[tokio::test]
+async fn the_v1_token_endpoint_answers_like_api_dingtalk_com() {
+    let fake = FakeDingTalk::new(FakeOptions::default());
+    let (status, ok) = call(
+        &fake,
+        "POST",
+        "/v1.0/oauth2/accessToken",
+        r#"{"appKey":"sandbox-app-key","appSecret":"sandbox-app-secret"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ok["expireIn"], 7200);
+    assert!(ok.get("errcode").is_none(), "{ok}");
+    // The same token as gettoken gives, valid on topapi.
+    assert_eq!(
+        ok["accessToken"].as_str(),
+        Some(token(&fake).await.as_str())
+    );
+    let (status, bad) = call(
+        &fake,
+        "POST",
+        "/v1.0/oauth2/accessToken",
+        r#"{"appKey":"sandbox-app-key","appSecret":"wrong"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["code"], "invalidClientIdOrSecret");
+    assert!(bad["requestid"].is_string());
+    let (status, missing) = call(&fake, "POST", "/v1.0/oauth2/accessToken", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(missing["code"], "MissingParameter");
+    assert_eq!(fake.gettoken_calls(), 4);
 }

@@ -184,11 +184,21 @@ async fn a_permission_error_names_the_missing_permission() {
 
 #[tokio::test]
 async fn a_total_outage_then_recovery_delivers_everything_exactly_once() {
-    // Arrange: DingTalk fails every way it can for a while.
+    // Arrange: DingTalk fails every way it can for a while. Each webhook goes to its own
+    // route and author: a lost answer is reconciled against the author's reports, and
+    // another report of the same author made meanwhile would (rightly) leave it undecided.
+    let routes: String = (0..6)
+        .map(|n| {
+            format!(
+                "  r{n}:\n    source: generic\n    secret: \"{ROUTE_SECRET}\"\n    template: {ID_TEMPLATE}\n    author: \"author{n}\"\n    to_userids: [\"lead01\"]\n"
+            )
+        })
+        .collect();
     let app = spawn_app_with(TestConfig {
         template: ID_TEMPLATE.to_owned(),
         timeout: "1s",
         max_attempts: 100,
+        extra_routes: routes,
         ..TestConfig::default()
     })
     .await;
@@ -199,13 +209,17 @@ async fn a_total_outage_then_recovery_delivers_everything_exactly_once() {
         Fault::HangWithoutCommit(Duration::from_millis(1500)),
         Fault::Wrapped("90018".to_owned()),
         Fault::Http(500),
+        Fault::CommitThenHttp(504),
     ] {
         app.fake.push_create_fault(fault);
     }
     // Act
     let mut ids = Vec::new();
     for n in 0..6 {
-        ids.push(app.accept(&job_status_n(n)).await);
+        let response = app.post_hook(&format!("r{n}"), &job_status_n(n)).await;
+        assert_eq!(response.status(), 202);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        ids.push(answer["delivery_id"].as_str().unwrap().to_owned());
     }
     // Assert
     for id in &ids {

@@ -7,6 +7,7 @@ mod admin;
 mod check_config;
 mod delivery_retry;
 mod digest;
+mod exactly_once;
 mod limits;
 mod load;
 mod metrics;

@@ -1,6 +1,8 @@
 //! The access_token: one fetch for a burst, one refetch when DingTalk drops it.
 
-use dingtalk_relay::sandbox::Fault;
+use std::time::Duration;
+
+use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions, Fault};
 
 use crate::helpers::*;
 
@@ -147,5 +149,72 @@ async fn refused_app_credentials_make_deliveries_wait_and_readyz_say_so() {
         .unwrap();
     assert!(!text.contains("not-the-secret"));
     assert!(!metrics.contains("not-the-secret"));
+    app.stop().await;
+}
+
+/// The test configuration with `dingtalk.token_api: v1` served by the fake itself.
+fn v1_yaml(base_url: &str, secret: &str) -> String {
+    settings_yaml(&TestConfig::default(), base_url)
+        .replace(
+            "  max_qps: 20\n",
+            &format!("  max_qps: 20\n  token_api: v1\n  token_base_url: \"{base_url}\"\n"),
+        )
+        .replace(
+            "app_secret: \"sandbox-app-secret\"",
+            &format!("app_secret: \"{secret}\""),
+        )
+}
+
+#[tokio::test]
+async fn the_v1_token_endpoint_gives_the_token_when_configured() {
+    // Arrange
+    let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default()).await.unwrap();
+    let app = spawn_app_from_yaml(&v1_yaml(&base_url, "sandbox-app-secret"), fake).await;
+    // Act
+    let id = app.accept(&job_status()).await;
+    // Assert: every token came from POST /v1.0/oauth2/accessToken.
+    app.wait_for_state(&id, "delivered").await;
+    assert!(app.fake.access_token_calls() >= 1);
+    assert_eq!(app.fake.gettoken_calls(), app.fake.access_token_calls());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_v1_refusal_of_the_secret_makes_deliveries_wait() {
+    // Arrange: the secret is wrong; the v1 host answers HTTP 400 invalidClientIdOrSecret.
+    let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default()).await.unwrap();
+    let app = spawn_app_from_yaml(&v1_yaml(&base_url, "wrong-secret"), fake).await;
+    // Act
+    let id = app.accept(&job_status()).await;
+    // Assert: deferred without spending attempts, with DingTalk's code and request id.
+    assert!(
+        poll_until(Duration::from_secs(5), || async {
+            app.delivery(&id).await["last_error"]["errmsg"]
+                .as_str()
+                .is_some_and(|m| m.contains("invalidClientIdOrSecret"))
+        })
+        .await
+    );
+    let delivery = app.delivery(&id).await;
+    assert_eq!(delivery["state"], "queued", "{delivery}");
+    assert_eq!(delivery["attempts"], 0, "{delivery}");
+    assert!(
+        delivery["last_error"]["errmsg"]
+            .as_str()
+            .unwrap()
+            .contains("request_id"),
+        "{delivery}"
+    );
+    assert_eq!(app.fake.create_calls(), 0);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dingtalk_relay_dingtalk_paused",
+            &[("app", "default"), ("reason", "credentials_refused")]
+        ),
+        1.0
+    );
+    assert!(!metrics.contains("wrong-secret"));
     app.stop().await;
 }
