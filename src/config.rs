@@ -193,7 +193,7 @@ pub struct DingTalkSettings {
 /// `dingtalk.quota.*`: the monthly budget of metered DingTalk calls (report/create, uncached
 /// template/getbyname, report/list). Every internal app of the organisation spends from the
 /// same pool, so `monthly` is the part of it given to the relay.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSettings {
     /// Metered calls a month the relay may spend; `null` counts without a limit.
@@ -249,7 +249,7 @@ pub enum OnQuotaLow {
 }
 
 /// `dingtalk.token_api`: which endpoint gives the access token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenApi {
     /// `GET {base_url}/gettoken?appkey=…&appsecret=…` (filed as historical by DingTalk, still

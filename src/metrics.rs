@@ -66,7 +66,13 @@ pub const DIGEST_OUTCOMES: &[&str] = &["made", "empty", "error"];
 
 /// `reason` values of `dingtalk_relay_webhooks_ignored_total`: a bounded set, whatever the
 /// free-text reason in the webhook's answer says.
-pub const IGNORE_REASONS: &[&str] = &["source_event", "filtered", "unknown_actor", "empty"];
+pub const IGNORE_REASONS: &[&str] = &[
+    "source_event",
+    "filtered",
+    "unknown_actor",
+    "empty",
+    "unlisted_userid",
+];
 
 /// The version and revision (`git rev-parse --short=12 HEAD` at build time, or the
 /// `DINGTALK_RELAY_REVISION` environment variable of the build; `unknown` without either) of this
@@ -298,7 +304,7 @@ impl Metrics {
         );
         let webhooks_ignored = counter(
             "dingtalk_relay_webhooks_ignored_total",
-            "Webhooks answered ignored, by route and reason (source_event: the source does not report this event kind; filtered: events, statuses or branches; unknown_actor: the person has no DingTalk userid in users; empty: every field rendered empty).",
+            "Webhooks answered ignored, by route and reason (source_event: the source does not report this event kind; filtered: events, statuses or branches; unknown_actor: the person has no DingTalk userid in users; empty: every field rendered empty; unlisted_userid: a userid in the payload that users does not list).",
             &["route", "reason"],
         );
         let build_info = IntGaugeVec::new(

@@ -121,6 +121,9 @@ pub enum IgnoreKind {
     UnknownActor,
     /// Every field rendered empty.
     Empty,
+    /// A userid named in the payload is neither a key nor a value of `users` (no
+    /// impersonation).
+    UnlistedUserid,
 }
 
 impl IgnoreKind {
@@ -131,6 +134,7 @@ impl IgnoreKind {
             Self::Filtered => "filtered",
             Self::UnknownActor => "unknown_actor",
             Self::Empty => "empty",
+            Self::UnlistedUserid => "unlisted_userid",
         }
     }
 }
@@ -408,7 +412,10 @@ impl Mapper {
             });
         }
         if let Some(reason) = self.refused_identity(event) {
-            return Ok(Mapped::Ignored { reason });
+            return Ok(Mapped::Ignored {
+                reason,
+                kind: IgnoreKind::UnlistedUserid,
+            });
         }
         // Who the event is about, how to say it when they have no userid, and the context.
         let (person, unmapped) = self.person(event);
@@ -515,7 +522,10 @@ impl Mapper {
             });
         }
         if let Some(reason) = self.refused_identity(event) {
-            return Ok(Admitted::Ignored { reason });
+            return Ok(Admitted::Ignored {
+                reason,
+                kind: IgnoreKind::UnlistedUserid,
+            });
         }
         let group_by = rs.digest.as_ref().map(|d| d.group_by).unwrap_or_default();
         let group = match group_by {

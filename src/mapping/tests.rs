@@ -722,7 +722,8 @@ fn a_standup_userid_not_in_users_is_refused_with_the_reason() {
         assert_eq!(
             m.map(route, &ceo, now()).unwrap(),
             Mapped::Ignored {
-                reason: reason.to_owned()
+                reason: reason.to_owned(),
+                kind: IgnoreKind::UnlistedUserid,
             },
             "{route}"
         );
@@ -730,7 +731,8 @@ fn a_standup_userid_not_in_users_is_refused_with_the_reason() {
     assert_eq!(
         m.admit("digest", &ceo).unwrap(),
         Admitted::Ignored {
-            reason: reason.to_owned()
+            reason: reason.to_owned(),
+            kind: IgnoreKind::UnlistedUserid,
         }
     );
     // A key of users, in any case, stands for its userid; a value stands for itself.

@@ -147,6 +147,23 @@ impl Store for Observed {
         self.note("defer", true, result)
     }
 
+    async fn hold(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        reason: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let result = self.inner.hold(id, at, reason, now).await;
+        self.note("hold", true, result)
+    }
+
+    // The quota ledger is the inner store's own (its counting is best effort: a failed count
+    // never stops a delivery).
+    fn quota(&self) -> Arc<dyn super::QuotaStore> {
+        self.inner.quota()
+    }
+
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
         let result = self.inner.mark_failed(id, error, now).await;
         self.note("mark_failed", true, result)
