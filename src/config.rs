@@ -2164,7 +2164,7 @@ routes:
         let token = dir.path().join("admin_token");
         std::fs::write(&app, "app-from-file\n").unwrap();
         std::fs::write(&route, "route-from-file").unwrap();
-        std::fs::write(&token, "token-from-file\r\n").unwrap();
+        std::fs::write(&token, "token-from-file-0123456789\r\n").unwrap();
         let yaml = SMALL
             .replace(
                 "{app_key: \"k\"}",
@@ -2188,7 +2188,10 @@ routes:
             "app-from-file"
         );
         assert_eq!(expose(&s.routes["ci"].secret), "route-from-file");
-        assert_eq!(expose(&s.server.admin_token), "token-from-file");
+        assert_eq!(
+            expose(&s.server.admin_token),
+            "token-from-file-0123456789"
+        );
         assert!(
             s.issues(Mode::Production).is_empty(),
             "{:?}",

@@ -462,9 +462,18 @@ async fn a_reload_that_changes_an_apps_secret_drops_its_cached_token() {
         .await
         .unwrap();
 
-    // Assert: the old token is not used with the new credentials; the lookup is made again.
-    // (A refused secret does not stop a reload: deliveries wait until it is fixed.)
+    // Assert: the old token is not used with the new credentials: the next delivery fetches
+    // a token again (the resolved template may be kept, in the store: it does not depend on
+    // the secret). A refused secret does not stop a reload: deliveries wait until it is fixed.
     assert_eq!(answer.status(), 200);
-    assert_eq!(app.fake.gettoken_calls(), 2);
+    app.accept(&job_status()).await;
+    assert!(
+        poll_until(std::time::Duration::from_secs(20), || async {
+            app.fake.gettoken_calls() >= 2
+        })
+        .await,
+        "no new gettoken after the secret changed"
+    );
+    assert_eq!(app.fake.create_calls(), 0, "the old token was used");
     app.stop().await;
 }
