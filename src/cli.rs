@@ -52,8 +52,13 @@ pub async fn check_config(
             DingTalkClient::new(&settings.dingtalk, Metrics::new()).map_err(|e| anyhow!("{e}"))?;
         check_templates(&settings, &client).await?;
     }
+    let warnings: String = settings
+        .warnings()
+        .iter()
+        .map(|w| format!("\nwarning: {w}"))
+        .collect();
     Ok(format!(
-        "configuration is valid: {} route(s), {} app(s){}",
+        "configuration is valid: {} route(s), {} app(s){}{warnings}",
         settings.routes.len(),
         settings.dingtalk.apps.len(),
         if online {

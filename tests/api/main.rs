@@ -10,6 +10,7 @@ mod exactly_once;
 mod limits;
 mod load;
 mod metrics;
+mod native_events;
 mod process;
 mod shared_limit;
 mod sources;
