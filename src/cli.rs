@@ -86,8 +86,13 @@ pub async fn check_config(
         Problems::check("DingTalk check failed", problems)?;
         checked.push("tokens and templates checked against DingTalk");
     }
+    let warnings: String = settings
+        .warnings()
+        .iter()
+        .map(|w| format!("\nwarning: {w}"))
+        .collect();
     Ok(format!(
-        "configuration is valid: {} route(s), {} app(s){}",
+        "configuration is valid: {} route(s), {} app(s){}{warnings}",
         settings.routes.len(),
         settings.dingtalk.apps.len(),
         checked.iter().map(|c| format!(", {c}")).collect::<String>()

@@ -919,6 +919,19 @@ impl Settings {
             })
     }
 
+    /// What is valid but probably not meant, each naming its key path: shown by
+    /// `check-config` and logged at startup.
+    pub fn warnings(&self) -> Vec<ConfigIssue> {
+        self.routes
+            .iter()
+            .filter(|(_, route)| route.to_userids.is_empty() && route.to_cids.is_empty())
+            .map(|(name, _)| ConfigIssue {
+                path: format!("routes.{name}"),
+                message: "has no receivers (to_userids and to_cids are empty): DingTalk accepts such a report and nobody is notified; it only shows in the author's own reports".to_owned(),
+            })
+            .collect()
+    }
+
     /// Every cross-field problem, each naming its key path. Empty means valid.
     pub fn issues(&self, mode: Mode) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();

@@ -181,6 +181,9 @@ impl Application {
         };
         settings.validate(mode)?;
         let mapper = Mapper::new(&settings).map_err(crate::config::ConfigError::Invalid)?;
+        for warning in settings.warnings() {
+            tracing::warn!(path = %warning.path, "{}", warning.message);
+        }
         for (name, route) in &settings.routes {
             if route.secret.is_none() {
                 tracing::warn!(route = %name, "route has no secret: anyone can post to it");

@@ -425,7 +425,19 @@ impl Worker {
             // gettoken or getbyname failed for now: the create was not sent, so this is no
             // verdict on the delivery and spends no attempt.
             Disposition::Retry if !create_sent => {
-                let wait = self.backoff(delivery.attempts.max(1), error.min_backoff());
+                // No attempt is spent, so the attempt count cannot grow the backoff: the
+                // delivery's age does (a quarter of it, within initial..max backoff), so a
+                // long gettoken outage is not polled every second.
+                let settings = self.delivery_settings();
+                let age = (Utc::now() - delivery.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                let wait = (age / 4)
+                    .clamp(
+                        settings.initial_backoff,
+                        settings.max_backoff.max(settings.initial_backoff),
+                    )
+                    .max(error.min_backoff().unwrap_or_default());
                 self.defer(delivery, &last, wait).await;
             }
             Disposition::Retry if delivery.attempts < self.delivery_settings().max_attempts => {

@@ -412,7 +412,12 @@ impl DingTalkClient {
                 if same_contents(listed, param) {
                     return Ok(Reconciliation::Found(listed.report_id.clone()));
                 }
-                if differing.is_none() && (start_ms..=attempt_end_ms).contains(&listed.create_time)
+                // Our letters and digits, written differently: DingTalk may have rewritten
+                // our report in a way not normalised here, so it cannot be called absent.
+                // A report whose words or numbers differ is another one (another run).
+                if differing.is_none()
+                    && (start_ms..=attempt_end_ms).contains(&listed.create_time)
+                    && same_skeleton(listed, param)
                 {
                     differing = Some(listed.report_id.clone());
                 }
@@ -423,7 +428,7 @@ impl DingTalkClient {
                 _ => {
                     return Ok(match differing {
                         Some(id) => Reconciliation::Undecided(format!(
-                            "report {id} of the same author and template was made during the attempt, but its text differs from ours"
+                            "report {id} of the same author and template was made during the attempt with our words and numbers, but its text differs from ours"
                         )),
                         None => Reconciliation::Absent,
                     });
@@ -961,6 +966,32 @@ fn same_contents(listed: &ListedReport, param: &CreateReportParam) -> bool {
     })
 }
 
+/// Whether a listed report has `param`'s letters and digits in every field (see
+/// [`skeleton`]), allowing DingTalk's cut as [`same_contents`] does.
+fn same_skeleton(listed: &ListedReport, param: &CreateReportParam) -> bool {
+    param.contents.iter().all(|c| {
+        listed.contents.iter().any(|l| {
+            l.key == c.key && {
+                let sent = skeleton(&c.content);
+                let seen = skeleton(&l.value);
+                sent == seen
+                    || (!seen.is_empty()
+                        && l.value.encode_utf16().count() >= CUT_NEAR
+                        && sent.starts_with(&seen))
+            }
+        })
+    })
+}
+
+/// Only the letters and digits (any script) of a text, after [`normalise_text`]: what no
+/// rewriting of markdown, whitespace or entities changes.
+fn skeleton(text: &str) -> String {
+    normalise_text(text)
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .collect()
+}
+
 /// A listed text at least this long (UTF-16 units) may have been cut by DingTalk at 1000.
 const CUT_NEAR: usize = 990;
 
@@ -1056,6 +1087,24 @@ mod tests {
         serde_json::from_value(json!({"report_id": "r", "creator_id": "u",
             "contents": [{"key": "k", "value": value}]}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_rewritten_text_keeps_its_skeleton_and_another_run_does_not() {
+        let ours = param("**CI** build #812 passed  \n• 418 tests");
+        assert!(same_skeleton(
+            &listed("CI build 812 passed\n- 418 tests"),
+            &ours
+        ));
+        assert!(!same_contents(
+            &listed("CI build 812 passed\n- 418 tests"),
+            &ours
+        ));
+        assert!(!same_skeleton(
+            &listed("**CI** build #813 passed  \n• 418 tests"),
+            &ours
+        ));
+        assert!(!same_skeleton(&listed("other"), &ours));
     }
 
     #[test]

@@ -858,7 +858,7 @@ fn delivery_schema() -> Value {
             "attempts": {"type": "integer", "minimum": 0},
             "next_attempt_at": time_schema("When the next attempt is due (queued only).", true),
             "last_error": {"$ref": "#/components/schemas/LastError"},
-            "report_id": {"type": "string", "nullable": true, "description": "DingTalk's report id once delivered."},
+            "report_id": {"type": "string", "nullable": true, "description": "DingTalk's report id once delivered; null while not delivered, and for a report DingTalk created (errcode 0) without giving a usable id."},
             "created_at": time_schema("When the webhook was accepted (RFC 3339, UTC, milliseconds).", false),
             "updated_at": time_schema("Last change.", false),
         },

@@ -825,13 +825,25 @@ fn filter(route: &str, compiled: &CompiledRoute, job: &JobStatus) -> Option<Stri
         return Some(format!("phase {phase} is not in routes.{route}.events"));
     }
     let status = job.status();
-    let status = status.as_str();
-    if !rs.statuses.is_empty()
-        && !rs
-            .statuses
+    let raw = job.status_raw.as_deref().unwrap_or("none").to_lowercase();
+    let listed = |wanted: &str| {
+        rs.statuses
             .iter()
-            .any(|s| s.trim().to_lowercase() == status.to_lowercase())
+            .any(|s| s.trim().to_lowercase() == wanted.to_lowercase())
+    };
+    // A native sender's status the relay does not know is no finished run to report,
+    // unless the route asks for it.
+    if let Some(source) = job.source.as_deref()
+        && status == crate::sources::Status::Unknown
+        && !listed("unknown")
+        && !listed(&raw)
     {
+        return Some(format!(
+            "status {raw:?} from {source} is not one the relay knows; list it (or unknown) in routes.{route}.statuses to report it"
+        ));
+    }
+    let status = status.as_str();
+    if !rs.statuses.is_empty() && !listed(status) && !listed(&raw) {
         return Some(format!(
             "status {status:?} is not in routes.{route}.statuses"
         ));

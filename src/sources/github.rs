@@ -393,9 +393,10 @@ pub(super) fn infer_event(root: &Value) -> Option<&'static str> {
 
 /// The event's main object; without it there is nothing to report (400).
 pub(super) fn object<'a>(root: &'a Value, key: &str) -> Result<&'a Value, PayloadError> {
+    // GitHub always sends the run or job it is about: an empty object is as good as none.
     root.get(key)
-        .filter(|v| v.is_object())
-        .ok_or_else(|| PayloadError::field(key, "missing object"))
+        .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+        .ok_or_else(|| PayloadError::field(key, "missing or empty object"))
 }
 
 /// Wraps a job status as the parse result.
@@ -1073,13 +1074,15 @@ mod tests {
         for event in ["workflow_run", "workflow_job", "check_suite", "check_run"] {
             let err = parse_as(event, r#"{"action":"completed"}"#).expect_err(event);
             assert_eq!(err.field.as_deref(), Some(event));
-            assert_eq!(err.message, format!("{event}: missing object"));
-            // The object of another type is just as missing.
-            let body = format!(r#"{{"action":"completed","{event}":"x"}}"#);
-            assert_eq!(
-                parse_as(event, &body).expect_err(event).field.as_deref(),
-                Some(event)
-            );
+            assert_eq!(err.message, format!("{event}: missing or empty object"));
+            // The object of another type, or an empty one, is just as missing.
+            for value in ["\"x\"", "{}"] {
+                let body = format!(r#"{{"action":"completed","{event}":{value}}}"#);
+                assert_eq!(
+                    parse_as(event, &body).expect_err(event).field.as_deref(),
+                    Some(event)
+                );
+            }
         }
     }
 

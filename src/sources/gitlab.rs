@@ -150,6 +150,28 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
             "GitLab object_kind {object_kind:?} is not reported (only pipeline and build)"
         )));
     };
+    // What GitLab always sends with each hook: without it the event is nonsense, not news.
+    let required: &[(&str, &str)] = match kind {
+        Kind::Pipeline => &[
+            ("/object_attributes", "object_attributes"),
+            ("/object_attributes/status", "object_attributes.status"),
+        ],
+        Kind::Job => &[("/build_status", "build_status")],
+    };
+    for (pointer, field) in required {
+        let present = match body.pointer(pointer) {
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(Value::String(s)) => !s.trim().is_empty(),
+            Some(Value::Null) | None => false,
+            Some(_) => true,
+        };
+        if !present {
+            return Err(PayloadError::field(
+                field,
+                "missing field (GitLab always sends it with this hook)",
+            ));
+        }
+    }
     let job = match kind {
         Kind::Pipeline => pipeline(&body),
         Kind::Job => job(&body),
@@ -651,15 +673,12 @@ mod tests {
 
     #[test]
     fn missing_and_wrong_typed_fields_are_absent() {
-        let cases: &[(&str, &str)] = &[
-            ("no attributes at all", r#"{"object_kind":"pipeline"}"#),
-            (
-                "wrong types everywhere",
-                r#"{"object_kind":"pipeline","object_attributes":{"status":{},"id":[1],
+        let cases: &[(&str, &str)] = &[(
+            "wrong types everywhere",
+            r#"{"object_kind":"pipeline","object_attributes":{"status":[7],"id":[1],
                 "created_at":"yesterday","duration":-4,"ref":true,"name":7.5},"user":["x"],
                 "builds":"none","project":3,"commit":null}"#,
-            ),
-        ];
+        )];
         for (label, body) in cases {
             let j = job_status(PIPELINE, body);
             assert_eq!(j.status, Some(Status::Unknown), "{label}");
@@ -674,9 +693,35 @@ mod tests {
             assert_eq!(j.url, None, "{label}");
             assert_eq!(j.project, None, "{label}");
         }
-        let j = job_status(JOB, r#"{"object_kind":"build"}"#);
-        assert_eq!(j.status, Some(Status::Unknown));
-        assert_eq!((j.job, j.pipeline, j.url), (None, None, None));
+    }
+
+    #[test]
+    fn a_hook_without_what_gitlab_always_sends_names_the_field() {
+        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+            (PIPELINE, "{}", "object_attributes"),
+            (
+                PIPELINE,
+                r#"{"object_kind":"pipeline"}"#,
+                "object_attributes",
+            ),
+            (
+                PIPELINE,
+                r#"{"object_kind":"pipeline","object_attributes":{}}"#,
+                "object_attributes",
+            ),
+            (
+                PIPELINE,
+                r#"{"object_kind":"pipeline","object_attributes":{"id":1,"status":" "}}"#,
+                "object_attributes.status",
+            ),
+            (JOB, r#"{"object_kind":"build"}"#, "build_status"),
+        ];
+        for (pairs, body, field) in cases {
+            let headers = headers(pairs);
+            let err = parse(&request(&headers, body.as_bytes(), now())).expect_err(body);
+            assert_eq!(err.field.as_deref(), Some(*field), "{body}");
+            assert!(err.message.starts_with(field), "{err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! `COMPLETED` and `FINALIZED` both end a build; only `FINALIZED` (sent after post-build actions)
 //! is reported, so one build makes one completed report. `COMPLETED` is answered as ignored.
+//! Older plugin versions send `FINISHED` instead of `FINALIZED`; it is reported the same way.
 
 use chrono::TimeDelta;
 use serde_json::Value;
@@ -40,13 +41,14 @@ pub fn parse(request: &Request<'_>) -> Result<Parsed, PayloadError> {
         "QUEUED" => (Status::Pending, Phase::Queued),
         "STARTED" => (Status::Running, Phase::InProgress),
         "COMPLETED" => return Ok(Parsed::Ignored(COMPLETED_IGNORED.to_owned())),
-        "FINALIZED" => (
+        // Older plugin versions end a build with FINISHED instead of FINALIZED.
+        "FINALIZED" | "FINISHED" => (
             build_status.as_deref().map_or(Status::Unknown, result),
             Phase::Completed,
         ),
         _ => {
             return Ok(Parsed::Ignored(format!(
-                "phase {phase_raw}: not a build phase (QUEUED, STARTED, COMPLETED, FINALIZED)"
+                "phase {phase_raw}: not a build phase (QUEUED, STARTED, COMPLETED, FINALIZED, FINISHED)"
             )));
         }
     };
@@ -336,6 +338,15 @@ mod tests {
     }
 
     #[test]
+    fn finished_from_older_plugins_is_the_one_completed_report() {
+        let finished = FINALIZED.replace(r#""phase":"FINALIZED""#, r#""phase":"FINISHED""#);
+        assert_ne!(finished, FINALIZED, "the fixture names its phase");
+        let j = job(&finished);
+        assert_eq!(j.phase, Some(Phase::Completed));
+        assert_eq!(j.status, Some(Status::Failure));
+    }
+
+    #[test]
     fn lenient_variants() {
         type Case = (&'static str, &'static str, fn(&JobStatus) -> bool);
         let cases: &[Case] = &[
@@ -434,7 +445,7 @@ mod tests {
     fn ignored_and_rejected_bodies() {
         assert_eq!(
             ignored(r#"{"name":"a","build":{"number":1,"phase":"NONE"}}"#),
-            "phase NONE: not a build phase (QUEUED, STARTED, COMPLETED, FINALIZED)"
+            "phase NONE: not a build phase (QUEUED, STARTED, COMPLETED, FINALIZED, FINISHED)"
         );
         assert_eq!(
             ignored(r#"{"name":"a","build":{"number":1,"phase":"completed","status":"SUCCESS"}}"#),

@@ -170,10 +170,73 @@ async fn reconciliation_forgives_text_the_server_rewrote() {
 }
 
 #[tokio::test]
-async fn a_listed_report_with_other_text_made_during_the_attempt_is_undecided() {
-    // Arrange: another replica (its own process, the same DingTalk) makes report A for the
-    // same author; then this replica's create loses its answer and creates nothing, so
-    // report/list shows only A, unknown to this process and made during the attempt.
+async fn a_listed_report_with_our_words_but_other_text_is_undecided() {
+    // Arrange: a create loses its answer and creates nothing; meanwhile a report of the same
+    // author and template appears with our words and numbers but other markup (as if
+    // DingTalk had rewritten ours beyond what the relay normalises).
+    let app = spawn_app_with(TestConfig {
+        timeout: "1s",
+        ..TestConfig::default()
+    })
+    .await;
+    app.fake
+        .push_create_fault(Fault::HangWithoutCommit(Duration::from_millis(1500)));
+    let id = app.accept(&job_status()).await;
+    assert!(
+        poll_until(Duration::from_secs(5), || async {
+            !app.fake.create_requests().is_empty()
+        })
+        .await
+    );
+    let mut rewritten = app.fake.create_requests()[0].clone();
+    for content in rewritten["contents"].as_array_mut().unwrap() {
+        let text = content["content"]
+            .as_str()
+            .unwrap()
+            .replace(['*', '•', '#'], "");
+        content["content"] = Value::String(text);
+    }
+    let base_url = app.state.settings().dingtalk.base_url.clone();
+    let token: Value = app
+        .http
+        .get(format!(
+            "{base_url}/gettoken?appkey=sandbox-app-key&appsecret=sandbox-app-secret"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let made: Value = app
+        .http
+        .post(format!(
+            "{base_url}/topapi/report/create?access_token={}",
+            token["access_token"].as_str().unwrap()
+        ))
+        .json(&serde_json::json!({"create_report_param": rewritten}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(made["errcode"], 0, "{made}");
+    // Assert: parked as ambiguous for an operator, not resent.
+    let delivery = app.wait_for_state(&id, "failed").await;
+    let errmsg = delivery["last_error"]["errmsg"].as_str().unwrap();
+    assert!(errmsg.starts_with("ambiguous"), "{errmsg}");
+    assert!(errmsg.contains("text differs"), "{errmsg}");
+    assert_eq!(app.fake.reports().len(), 1, "only the rewritten one");
+    assert_eq!(ambiguous_count(&app.metrics().await), 2.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn another_replica_s_report_for_another_run_is_not_a_verdict() {
+    // Arrange: another replica (its own process, the same DingTalk) makes a report for the
+    // same author during this replica's attempt, whose answer is lost and which created
+    // nothing; this process does not know that report.
     let options = FakeOptions::default();
     let (fake, base_url) = FakeDingTalk::spawn(options.clone()).await.unwrap();
     let config = || TestConfig {
@@ -183,19 +246,20 @@ async fn a_listed_report_with_other_text_made_during_the_attempt_is_undecided() 
     };
     let other = spawn_app_on(config(), fake.clone(), base_url.clone()).await;
     let app = spawn_app_on(config(), fake.clone(), base_url).await;
+    fake.push_create_fault(Fault::HangWithoutCommit(Duration::from_millis(1500)));
+    let id = app.accept(&job_status_n(2)).await;
+    assert!(
+        poll_until(Duration::from_secs(5), || async {
+            fake.create_calls() == 1
+        })
+        .await
+    );
     let first = other.accept(&job_status_n(1)).await;
     other.wait_for_state(&first, "delivered").await;
-    fake.push_create_fault(Fault::HangWithoutCommit(Duration::from_millis(1500)));
-    // Act
-    let id = app.accept(&job_status_n(2)).await;
-    // Assert: parked as ambiguous for an operator, not resent.
-    let delivery = app.wait_for_state(&id, "failed").await;
-    let errmsg = delivery["last_error"]["errmsg"].as_str().unwrap();
-    assert!(errmsg.starts_with("ambiguous"), "{errmsg}");
-    assert!(errmsg.contains("text differs"), "{errmsg}");
-    assert_eq!(fake.create_calls(), 2);
-    assert_eq!(fake.reports().len(), 1);
-    assert_eq!(ambiguous_count(&app.metrics().await), 2.0);
+    // Act / Assert: another run's text is not ours, so the lost one is sent again once.
+    app.wait_for_state(&id, "delivered").await;
+    assert_eq!(fake.create_calls(), 3);
+    assert_eq!(fake.reports().len(), 2);
     other.stop().await;
     app.stop().await;
 }

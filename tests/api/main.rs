@@ -11,6 +11,7 @@ mod exactly_once;
 mod limits;
 mod load;
 mod metrics;
+mod native_events;
 mod process;
 mod quota;
 mod shared_limit;
