@@ -397,6 +397,18 @@ pub struct RouteSettings {
     /// `hold` or `digest`.
     #[serde(default)]
     pub on_quota_low: OnQuotaLow,
+    /// With `on_quota_low: digest`: the digest the route's new events are folded into while
+    /// the reserve is reached (rendered with the built-in digest templates).
+    #[serde(default)]
+    pub quota_digest: Option<DigestSettings>,
+}
+
+impl RouteSettings {
+    /// The digest settings events of this route are folded with: its own `digest`, else its
+    /// `quota_digest` (used while the quota's reserve is reached).
+    pub fn digest_settings(&self) -> Option<&DigestSettings> {
+        self.digest.as_ref().or(self.quota_digest.as_ref())
+    }
 }
 
 /// `routes.<name>.digest.*`: when and how a route's events are folded into digests.
@@ -1115,14 +1127,29 @@ impl Settings {
             }
         }
         if let Some(digest) = &route.digest {
-            digest_issues(&path, route, digest, push);
+            digest_issues(&format!("{path}.digest"), route, digest, push);
         }
-        if route.on_quota_low == OnQuotaLow::Digest && route.digest.is_none() {
-            push(
+        if let Some(digest) = &route.quota_digest {
+            digest_issues(&format!("{path}.quota_digest"), route, digest, push);
+        }
+        match (route.on_quota_low, &route.quota_digest) {
+            (OnQuotaLow::Digest, _) if route.digest.is_some() => push(
                 format!("{path}.on_quota_low"),
-                "digest needs routes.*.digest (its schedule); without one use hold or send"
-                    .to_owned(),
-            );
+                "a digest route already folds every event; use send or hold".to_owned(),
+            ),
+            (OnQuotaLow::Digest, None) => push(
+                format!("{path}.quota_digest"),
+                "on_quota_low: digest needs the digest to fold into, e.g. quota_digest: {schedule: \"18:00\"}".to_owned(),
+            ),
+            (OnQuotaLow::Digest, Some(_)) if route.fields.is_some() => push(
+                format!("{path}.fields"),
+                "on_quota_low: digest renders the quota digest with the built-in digest templates, which fill the standard 日报 fields; leave fields out or use hold".to_owned(),
+            ),
+            (OnQuotaLow::Send | OnQuotaLow::Hold, Some(_)) => push(
+                format!("{path}.quota_digest"),
+                "is used only with on_quota_low: digest".to_owned(),
+            ),
+            _ => {}
         }
         let _ = mode;
     }
@@ -1160,7 +1187,6 @@ fn digest_issues(
     digest: &DigestSettings,
     push: &mut impl FnMut(String, String),
 ) {
-    let path = format!("{path}.digest");
     if digest.schedule.is_empty() {
         push(
             format!("{path}.schedule"),

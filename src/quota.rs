@@ -267,6 +267,19 @@ impl Quota {
         Ok(used)
     }
 
+    /// Whether the remaining budget is at or below the reserve, or the month is exhausted
+    /// (a store error counts as not low: DingTalk still has the last word).
+    pub async fn low(&self) -> bool {
+        let Ok(used) = self.current(false).await else {
+            return false;
+        };
+        let settings = self.settings.load();
+        used.exhausted.is_some()
+            || settings
+                .monthly
+                .is_some_and(|limit| limit.saturating_sub(total(&used)) <= settings.reserve)
+    }
+
     /// Re-reads the month when the last read is stale (for `/metrics`); a store error is
     /// logged and the gauges keep their last values.
     pub async fn refresh(&self) {

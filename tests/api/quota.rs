@@ -420,3 +420,50 @@ async fn clearing_the_exhausted_month_releases_held_deliveries() {
     assert_eq!(again["cleared"], false);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn digest_folds_new_events_into_the_quota_digest_at_the_reserve() {
+    // Arrange: a budget of 3 with a reserve of 1; ci folds into a daily digest when low.
+    let app = spawn_app_with(TestConfig {
+        template: ID_TEMPLATE.to_owned(),
+        quota: "{monthly: 3, reserve: 1}".to_owned(),
+        route_extra:
+            "    on_quota_low: digest\n    quota_digest: {schedule: \"18:00\", group_by: route}\n"
+                .to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    let id = accept_on(&app, "ci", 0).await;
+    app.wait_for_state(&id, "delivered").await;
+    let id = accept_on(&app, "ci", 1).await;
+    app.wait_for_state(&id, "delivered").await;
+
+    // Act: two more events once the reserve is reached.
+    let mut kept = Vec::new();
+    for n in [2, 3] {
+        let response = app.post_hook("ci", &job_status_n(n)).await;
+        assert_eq!(response.status(), 202);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["status"], "digest", "{answer}");
+        assert!(answer["digest_at"].is_string(), "{answer}");
+        kept.push(answer["event_id"].as_str().unwrap().to_owned());
+    }
+    let settings = app.state.settings();
+    let at = dingtalk_relay::digest::schedule_of(&settings, &settings.routes["ci"])
+        .and_then(|s| s.next_after(Utc::now()))
+        .unwrap();
+    let made = dingtalk_relay::digest::make_due(&app.state, at).await;
+
+    // Assert: one report for both events, sent from the reserve.
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].events, 2);
+    assert_eq!(made[0].deliveries.len(), 1);
+    app.wait_for_state(&made[0].deliveries[0], "delivered")
+        .await;
+    assert_eq!(app.fake.create_calls(), 3);
+    let report = app.fake.reports().last().cloned().unwrap();
+    let text: String = report.contents.iter().map(|c| c.content.as_str()).collect();
+    assert!(text.contains("2 次运行 runs"), "{text}");
+    assert_eq!(quota(&app).await["used"], 3);
+    app.stop().await;
+}
