@@ -1344,6 +1344,68 @@ routes:
     }
 
     #[test]
+    fn quota_settings_parse_and_are_checked() {
+        let s = settings("");
+        assert_eq!(s.dingtalk.quota, QuotaSettings::default());
+        assert_eq!(s.routes["ci"].on_quota_low, OnQuotaLow::Send);
+        let quota = |q: &str| {
+            Settings::from_yaml(&BASE.replace(
+                "    default: {app_key: \"k\"}\n",
+                &format!("    default: {{app_key: \"k\"}}\n  quota: {q}\n"),
+            ))
+            .expect("test yaml parses")
+        };
+        let s = quota("{monthly: 5000, warn_at: 0.8, reserve: 250, hold_recheck: 30s}");
+        assert_eq!(s.dingtalk.quota.monthly, Some(5000));
+        assert_eq!(s.dingtalk.quota.hold_recheck, Duration::from_secs(30));
+        assert!(
+            s.issues(Mode::Offline).is_empty(),
+            "{:?}",
+            s.issues(Mode::Offline)
+        );
+        for (q, path) in [
+            ("{monthly: 0}", "dingtalk.quota.monthly"),
+            ("{monthly: 100, reserve: 100}", "dingtalk.quota.reserve"),
+            ("{warn_at: 0}", "dingtalk.quota.warn_at"),
+            ("{warn_at: 1.5}", "dingtalk.quota.warn_at"),
+            ("{timezone: Mars/Base}", "dingtalk.quota.timezone"),
+            ("{hold_recheck: 4000d}", "dingtalk.quota.hold_recheck"),
+        ] {
+            let issues = quota(q).issues(Mode::Offline);
+            assert!(issues.iter().any(|i| i.path == path), "{q}: {issues:?}");
+        }
+        assert!(Settings::from_yaml(&format!("{BASE}    on_quota_low: later\n")).is_err());
+        let ok = settings("    on_quota_low: digest\n    quota_digest: {schedule: \"18:00\"}\n");
+        assert!(
+            ok.issues(Mode::Offline).is_empty(),
+            "{:?}",
+            ok.issues(Mode::Offline)
+        );
+        for (extra, path) in [
+            ("    on_quota_low: digest\n", "routes.ci.quota_digest"),
+            (
+                "    on_quota_low: digest\n    quota_digest: {schedule: \"6pm\"}\n",
+                "routes.ci.quota_digest.schedule[0]",
+            ),
+            (
+                "    on_quota_low: digest\n    digest: {schedule: \"18:00\"}\n",
+                "routes.ci.on_quota_low",
+            ),
+            (
+                "    on_quota_low: digest\n    quota_digest: {schedule: \"18:00\"}\n    fields: {今日完成工作: \"x\"}\n",
+                "routes.ci.fields",
+            ),
+            (
+                "    on_quota_low: hold\n    quota_digest: {schedule: \"18:00\"}\n",
+                "routes.ci.quota_digest",
+            ),
+        ] {
+            let issues = settings(extra).issues(Mode::Offline);
+            assert!(issues.iter().any(|i| i.path == path), "{extra}: {issues:?}");
+        }
+    }
+
+    #[test]
     fn secrets_never_print() {
         let s = settings("");
         let debug = format!("{s:?}");
