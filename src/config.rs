@@ -457,6 +457,18 @@ pub struct RouteSettings {
     /// `hold` or `digest`.
     #[serde(default)]
     pub on_quota_low: OnQuotaLow,
+    /// With `on_quota_low: digest`: the digest the route's new events are folded into while
+    /// the reserve is reached (rendered with the built-in digest templates).
+    #[serde(default)]
+    pub quota_digest: Option<DigestSettings>,
+}
+
+impl RouteSettings {
+    /// The digest settings events of this route are folded with: its own `digest`, else its
+    /// `quota_digest` (used while the quota's reserve is reached).
+    pub fn digest_settings(&self) -> Option<&DigestSettings> {
+        self.digest.as_ref().or(self.quota_digest.as_ref())
+    }
 }
 
 /// `routes.<name>.digest.*`: when and how a route's events are folded into digests.
@@ -1374,14 +1386,29 @@ impl Settings {
             }
         }
         if let Some(digest) = &route.digest {
-            digest_issues(&path, route, digest, push);
+            digest_issues(&format!("{path}.digest"), route, digest, push);
         }
-        if route.on_quota_low == OnQuotaLow::Digest && route.digest.is_none() {
-            push(
+        if let Some(digest) = &route.quota_digest {
+            digest_issues(&format!("{path}.quota_digest"), route, digest, push);
+        }
+        match (route.on_quota_low, &route.quota_digest) {
+            (OnQuotaLow::Digest, _) if route.digest.is_some() => push(
                 format!("{path}.on_quota_low"),
-                "digest needs routes.*.digest (its schedule); without one use hold or send"
-                    .to_owned(),
-            );
+                "a digest route already folds every event; use send or hold".to_owned(),
+            ),
+            (OnQuotaLow::Digest, None) => push(
+                format!("{path}.quota_digest"),
+                "on_quota_low: digest needs the digest to fold into, e.g. quota_digest: {schedule: \"18:00\"}".to_owned(),
+            ),
+            (OnQuotaLow::Digest, Some(_)) if route.fields.is_some() => push(
+                format!("{path}.fields"),
+                "on_quota_low: digest renders the quota digest with the built-in digest templates, which fill the standard 日报 fields; leave fields out or use hold".to_owned(),
+            ),
+            (OnQuotaLow::Send | OnQuotaLow::Hold, Some(_)) => push(
+                format!("{path}.quota_digest"),
+                "is used only with on_quota_low: digest".to_owned(),
+            ),
+            _ => {}
         }
         let _ = mode;
     }
@@ -1419,7 +1446,6 @@ fn digest_issues(
     digest: &DigestSettings,
     push: &mut impl FnMut(String, String),
 ) {
-    let path = format!("{path}.digest");
     if digest.schedule.is_empty() {
         push(
             format!("{path}.schedule"),
@@ -1737,6 +1763,68 @@ routes:
 
     fn settings(extra: &str) -> Settings {
         Settings::from_yaml(&format!("{BASE}{extra}")).expect("test yaml parses")
+    }
+
+    #[test]
+    fn quota_settings_parse_and_are_checked() {
+        let s = settings("");
+        assert_eq!(s.dingtalk.quota, QuotaSettings::default());
+        assert_eq!(s.routes["ci"].on_quota_low, OnQuotaLow::Send);
+        let quota = |q: &str| {
+            Settings::from_yaml(&BASE.replace(
+                "    default: {app_key: \"k\"}\n",
+                &format!("    default: {{app_key: \"k\"}}\n  quota: {q}\n"),
+            ))
+            .expect("test yaml parses")
+        };
+        let s = quota("{monthly: 5000, warn_at: 0.8, reserve: 250, hold_recheck: 30s}");
+        assert_eq!(s.dingtalk.quota.monthly, Some(5000));
+        assert_eq!(s.dingtalk.quota.hold_recheck, Duration::from_secs(30));
+        assert!(
+            s.issues(Mode::Offline).is_empty(),
+            "{:?}",
+            s.issues(Mode::Offline)
+        );
+        for (q, path) in [
+            ("{monthly: 0}", "dingtalk.quota.monthly"),
+            ("{monthly: 100, reserve: 100}", "dingtalk.quota.reserve"),
+            ("{warn_at: 0}", "dingtalk.quota.warn_at"),
+            ("{warn_at: 1.5}", "dingtalk.quota.warn_at"),
+            ("{timezone: Mars/Base}", "dingtalk.quota.timezone"),
+            ("{hold_recheck: 4000d}", "dingtalk.quota.hold_recheck"),
+        ] {
+            let issues = quota(q).issues(Mode::Offline);
+            assert!(issues.iter().any(|i| i.path == path), "{q}: {issues:?}");
+        }
+        assert!(Settings::from_yaml(&format!("{BASE}    on_quota_low: later\n")).is_err());
+        let ok = settings("    on_quota_low: digest\n    quota_digest: {schedule: \"18:00\"}\n");
+        assert!(
+            ok.issues(Mode::Offline).is_empty(),
+            "{:?}",
+            ok.issues(Mode::Offline)
+        );
+        for (extra, path) in [
+            ("    on_quota_low: digest\n", "routes.ci.quota_digest"),
+            (
+                "    on_quota_low: digest\n    quota_digest: {schedule: \"6pm\"}\n",
+                "routes.ci.quota_digest.schedule[0]",
+            ),
+            (
+                "    on_quota_low: digest\n    digest: {schedule: \"18:00\"}\n",
+                "routes.ci.on_quota_low",
+            ),
+            (
+                "    on_quota_low: digest\n    quota_digest: {schedule: \"18:00\"}\n    fields: {今日完成工作: \"x\"}\n",
+                "routes.ci.fields",
+            ),
+            (
+                "    on_quota_low: hold\n    quota_digest: {schedule: \"18:00\"}\n",
+                "routes.ci.quota_digest",
+            ),
+        ] {
+            let issues = settings(extra).issues(Mode::Offline);
+            assert!(issues.iter().any(|i| i.path == path), "{extra}: {issues:?}");
+        }
     }
 
     #[test]

@@ -99,7 +99,8 @@ pub struct Series {
     registry: Registry,
     /// `dingtalk_relay_webhooks_received_total{route,outcome}`.
     pub webhooks_received: IntCounterVec,
-    /// `dingtalk_relay_deliveries_total{route,outcome}`: delivered, retried, failed, duplicate, ambiguous.
+    /// `dingtalk_relay_deliveries_total{route,outcome}`: delivered, retried, failed, duplicate,
+    /// ambiguous, deferred, held (the monthly quota).
     pub deliveries: IntCounterVec,
     /// `dingtalk_relay_dingtalk_requests_total{api,outcome}`.
     pub dingtalk_requests: IntCounterVec,
@@ -208,7 +209,7 @@ impl Metrics {
         );
         let deliveries = counter(
             "dingtalk_relay_deliveries_total",
-            "Delivery attempts' results, by route and outcome (delivered, retried, failed, duplicate, ambiguous).",
+            "Delivery attempts' results, by route and outcome (delivered, retried, failed, duplicate, ambiguous, deferred, held: kept queued by the monthly quota).",
             &["route", "outcome"],
         );
         let dingtalk_requests = counter(

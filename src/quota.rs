@@ -267,6 +267,19 @@ impl Quota {
         Ok(used)
     }
 
+    /// Whether the remaining budget is at or below the reserve, or the month is exhausted
+    /// (a store error counts as not low: DingTalk still has the last word).
+    pub async fn low(&self) -> bool {
+        let Ok(used) = self.current(false).await else {
+            return false;
+        };
+        let settings = self.settings.load();
+        used.exhausted.is_some()
+            || settings
+                .monthly
+                .is_some_and(|limit| limit.saturating_sub(total(&used)) <= settings.reserve)
+    }
+
     /// Re-reads the month when the last read is stale (for `/metrics`); a store error is
     /// logged and the gauges keep their last values.
     pub async fn refresh(&self) {
@@ -559,6 +572,101 @@ mod tests {
         // Too early to tell.
         assert_eq!(projection(7, start, end, at("2026-11-01T00:10:00Z")), 7);
         assert_eq!(projection(10, start, end, at("2026-12-01T00:00:00Z")), 10);
+    }
+
+    fn quota_at(now: &str, settings: QuotaSettings) -> (Quota, Arc<store::MemoryQuota>) {
+        let store = Arc::new(store::MemoryQuota::default());
+        let now = at(now);
+        let quota = Quota::new(
+            store.clone(),
+            settings,
+            Arc::new(move || now),
+            Metrics::new(),
+        );
+        (quota, store)
+    }
+
+    #[tokio::test]
+    async fn calls_are_counted_for_the_route_whose_work_makes_them() {
+        let (quota, store) = quota_at("2026-11-30T16:00:00Z", QuotaSettings::default());
+        spending_for("ci", quota.spent(dingtalk::api::REPORT_CREATE)).await;
+        spending_for("ci", quota.spent(dingtalk::api::REPORT_CREATE)).await;
+        quota.spent(dingtalk::api::TEMPLATE_GETBYNAME).await;
+        let december = store.month("2026-12").await.unwrap();
+        let calls: Vec<(&str, &str, u64)> = december
+            .calls
+            .iter()
+            .map(|c| (c.api.as_str(), c.route.as_str(), c.calls))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("report_create", "ci", 2),
+                ("template_getbyname", NO_ROUTE, 1)
+            ]
+        );
+        let status = quota.status().await.unwrap();
+        assert_eq!((status.month.as_str(), status.used), ("2026-12", 3));
+        assert_eq!(status.limit, None);
+    }
+
+    #[tokio::test]
+    async fn hold_applies_at_the_reserve_and_to_hold_routes_only() {
+        let settings = QuotaSettings {
+            monthly: Some(3),
+            reserve: 1,
+            ..QuotaSettings::default()
+        };
+        // One second before the month turns: a held delivery looks again then.
+        let (quota, _) = quota_at("2026-11-30T15:59:59Z", settings);
+        quota.spent(dingtalk::api::REPORT_CREATE).await;
+        assert_eq!(
+            quota.decide("ci", OnQuotaLow::Hold).await.unwrap(),
+            Decision::Send
+        );
+        quota.spent(dingtalk::api::REPORT_CREATE).await;
+        assert!(quota.low().await);
+        match quota.decide("ci", OnQuotaLow::Hold).await.unwrap() {
+            Decision::Hold { reason, wait } => {
+                assert!(reason.starts_with("quota_hold:"), "{reason}");
+                assert_eq!(wait, Duration::from_secs(1));
+            }
+            Decision::Send => panic!("not held at the reserve"),
+        }
+        assert_eq!(
+            quota.decide("cd", OnQuotaLow::Send).await.unwrap(),
+            Decision::Send
+        );
+        quota.exhausted("errcode 88 sub_code 90020").await;
+        assert!(matches!(
+            quota.decide("cd", OnQuotaLow::Send).await.unwrap(),
+            Decision::Hold { reason, .. } if reason.starts_with("quota_exhausted:")
+        ));
+    }
+
+    #[tokio::test]
+    async fn kept_templates_come_back_with_the_time_they_have_left() {
+        let (quota, _) = quota_at("2026-11-30T16:00:00Z", QuotaSettings::default());
+        let template = ResolvedTemplate {
+            id: "t1".to_owned(),
+            name: "日报".to_owned(),
+            fields: Vec::new(),
+        };
+        assert_eq!(quota.template("k", "日报", "u1").await, None);
+        quota
+            .keep_template("k", "日报", "u1", &template, Duration::from_secs(600))
+            .await;
+        let (kept, left) = quota.template("k", "日报", "u1").await.unwrap();
+        assert_eq!(kept, template);
+        assert!(
+            left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+            "{left:?}"
+        );
+        assert_eq!(quota.template("k", "日报", "other").await, None);
+        quota
+            .keep_template("k", "周报", "u1", &template, Duration::ZERO)
+            .await;
+        assert_eq!(quota.template("k", "周报", "u1").await, None);
     }
 
     #[test]

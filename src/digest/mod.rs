@@ -29,7 +29,7 @@ use crate::store::{DigestEvent, NewDelivery};
 
 /// The schedule of route `name` when it is a digest route with valid settings.
 pub fn schedule_of(settings: &Settings, route: &RouteSettings) -> Option<Schedule> {
-    Schedule::new(route.digest.as_ref()?, settings.tz())
+    Schedule::new(route.digest_settings()?, settings.tz())
 }
 
 /// Folds a period's events into one report per group. `last` is the scheduled time of the
@@ -45,7 +45,7 @@ pub fn build_reports(
     let Some(route) = settings.routes.get(route_name) else {
         return Err(MappingError::UnknownRoute(route_name.to_owned()));
     };
-    let Some(digest) = &route.digest else {
+    let Some(digest) = route.digest_settings() else {
         return Err(MappingError::UnknownRoute(format!(
             "{route_name} (not a digest route)"
         )));
@@ -106,7 +106,9 @@ async fn check(
     let settings = &runtime.settings;
     let mut made = Vec::new();
     for (name, route) in &settings.routes {
-        let (Some(digest), Some(schedule)) = (&route.digest, schedule_of(settings, route)) else {
+        let (Some(digest), Some(schedule)) =
+            (route.digest_settings(), schedule_of(settings, route))
+        else {
             continue;
         };
         let Some(period_end) = schedule.latest_at_or_before(now) else {

@@ -65,6 +65,18 @@ pub fn prepare(
     route_name: &str,
     request: &sources::Request<'_>,
 ) -> Result<Prepared, ApiError> {
+    prepare_folding(settings, mapper, route_name, request, false)
+}
+
+/// [`prepare`]; with `fold`, a route with `on_quota_low: digest` keeps the event for its
+/// quota digest instead of making a report (the quota's reserve is reached).
+pub fn prepare_folding(
+    settings: &Settings,
+    mapper: &Mapper,
+    route_name: &str,
+    request: &sources::Request<'_>,
+    fold: bool,
+) -> Result<Prepared, ApiError> {
     let route = settings
         .routes
         .get(route_name)
@@ -78,7 +90,7 @@ pub fn prepare(
             return Ok(Prepared::Ignored(reason, IgnoreKind::SourceEvent));
         }
     };
-    if route.digest.is_some() {
+    if route.digest.is_some() || (fold && route.quota_digest.is_some()) {
         return match mapper.admit(route_name, &event) {
             Ok(Admitted::Ignored { reason, kind }) => Ok(Prepared::Ignored(reason, kind)),
             Ok(Admitted::Digest { group }) => Ok(Prepared::Digest {
@@ -300,8 +312,9 @@ async fn handle(
             .map_err(ApiError::rate_limited)?;
     }
     let wait = parse_wait(target.split_once('?').map(|(_, query)| query))?;
+    let fold = route.on_quota_low == crate::config::OnQuotaLow::Digest && state.quota.low().await;
     let (draft, truncated, dedup_key) =
-        match prepare(settings, &runtime.mapper, route_name, &request)? {
+        match prepare_folding(settings, &runtime.mapper, route_name, &request, fold)? {
             Prepared::Ignored(reason, kind) => {
                 tracing::info!(reason, "webhook ignored");
                 state

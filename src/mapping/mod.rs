@@ -527,7 +527,7 @@ impl Mapper {
                 kind: IgnoreKind::UnlistedUserid,
             });
         }
-        let group_by = rs.digest.as_ref().map(|d| d.group_by).unwrap_or_default();
+        let group_by = rs.digest_settings().map(|d| d.group_by).unwrap_or_default();
         let group = match group_by {
             DigestGroupBy::Route => route.to_owned(),
             DigestGroupBy::Project => match event {
@@ -561,7 +561,7 @@ impl Mapper {
     ) -> Result<Option<DigestReport>, MappingError> {
         let compiled = self.compiled(route)?;
         let rs = &compiled.settings;
-        let Some(settings) = &rs.digest else {
+        let Some(settings) = rs.digest_settings() else {
             return Err(MappingError::UnknownRoute(format!(
                 "{route} (not a digest route)"
             )));
@@ -590,8 +590,13 @@ impl Mapper {
             period_end,
             tz,
         };
-        let fields =
-            self.ordered_fields(rs, compiled.fields.as_ref().unwrap_or(&self.builtin_digest));
+        // A quota digest (`on_quota_low: digest`) has the route's event templates in `fields`,
+        // so it is rendered with the built-in digest templates.
+        let digest_fields = match &compiled.fields {
+            Some(fields) if rs.digest.is_some() => fields,
+            _ => &self.builtin_digest,
+        };
+        let fields = self.ordered_fields(rs, digest_fields);
         let render = |shown: usize| -> Result<Vec<DraftContent>, MappingError> {
             let ctx = digest::context(&header, &folded, shown);
             Ok(render_fields(&self.digest_env, route, &fields, &ctx)?

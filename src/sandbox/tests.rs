@@ -568,3 +568,62 @@ async fn the_v1_token_endpoint_answers_like_api_dingtalk_com() {
     assert_eq!(missing["code"], "MissingParameter");
     assert_eq!(fake.gettoken_calls(), 4);
 }
+
+#[tokio::test]
+async fn a_used_up_monthly_quota_answers_90020_to_metered_calls_only() {
+    // Arrange: a quota of two metered calls.
+    let fake = FakeDingTalk::new(FakeOptions::default());
+    fake.set_monthly_quota(Some(2));
+    let tok = token(&fake).await;
+    let getbyname = format!("/topapi/report/template/getbyname?access_token={tok}");
+    let list = format!("/topapi/report/list?access_token={tok}");
+    let list_body = json!({"start_time": 0, "end_time": 1, "cursor": 0, "size": 10}).to_string();
+
+    // Act: two calls within it, then one of each kind beyond it.
+    let within = [
+        create(&fake, &tok, &create_body("u1", "一")).await,
+        call(
+            &fake,
+            "POST",
+            &getbyname,
+            r#"{"template_name":"日报","userid":"u1"}"#,
+        )
+        .await
+        .1,
+    ];
+    let beyond = [
+        create(&fake, &tok, &create_body("u1", "二")).await,
+        call(
+            &fake,
+            "POST",
+            &getbyname,
+            r#"{"template_name":"日报","userid":"u1"}"#,
+        )
+        .await
+        .1,
+        call(&fake, "POST", &list, &list_body).await.1,
+    ];
+
+    // Assert: 88 with sub_code 90020 beyond the quota; gettoken is exempt; nothing created.
+    for answer in &within {
+        assert_eq!(answer["errcode"], 0, "{answer}");
+    }
+    for answer in &beyond {
+        assert_eq!(answer["errcode"], 88, "{answer}");
+        assert_eq!(answer["sub_code"], "90020", "{answer}");
+        assert!(answer["request_id"].is_string(), "{answer}");
+    }
+    assert_eq!(token(&fake).await, tok);
+    assert_eq!(fake.reports().len(), 1);
+    // A new month (or an upgrade) starts the count again.
+    fake.set_monthly_quota(Some(1));
+    assert_eq!(
+        create(&fake, &tok, &create_body("u1", "三")).await["errcode"],
+        0
+    );
+    fake.set_monthly_quota(None);
+    assert_eq!(
+        create(&fake, &tok, &create_body("u1", "四")).await["errcode"],
+        0
+    );
+}

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dingtalk_relay::config::QuotaSettings;
 use dingtalk_relay::quota::Clock;
 use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
 use dingtalk_relay::store::QuotaCalls;
@@ -15,7 +14,7 @@ use sqlx::Connection;
 
 use crate::helpers::{
     ID_TEMPLATE, TestApp, TestConfig, fresh_postgres_database, job_status_n, metric_value,
-    poll_until, spawn_app_on, spawn_app_with,
+    poll_until, settings_yaml, spawn_app_on, spawn_app_with,
 };
 
 /// A clock the test moves by hand.
@@ -274,28 +273,54 @@ async fn hold_keeps_deliveries_queued_at_the_reserve_until_the_month_turns() {
 }
 
 #[tokio::test]
-async fn a_raised_budget_releases_held_deliveries() {
-    let app = spawn_app_with(TestConfig {
+async fn a_budget_raised_by_a_reload_releases_held_deliveries() {
+    // Arrange: a budget of 2 with a reserve of 1, one delivery held.
+    let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default()).await.unwrap();
+    let config = |quota: &str| TestConfig {
         template: ID_TEMPLATE.to_owned(),
-        quota: "{monthly: 2, reserve: 1, hold_recheck: 200ms}".to_owned(),
+        quota: quota.to_owned(),
         route_extra: "    on_quota_low: hold\n".to_owned(),
         ..TestConfig::default()
-    })
+    };
+    let app = spawn_app_on(
+        config("{monthly: 2, reserve: 1, hold_recheck: 200ms}"),
+        fake.clone(),
+        base_url.clone(),
+    )
     .await;
     let id = accept_on(&app, "ci", 0).await;
     app.wait_for_state(&id, "delivered").await;
     let held = accept_on(&app, "ci", 1).await;
     wait_until_held(&app, &held, "quota_hold:").await;
 
-    // What a reload with a larger dingtalk.quota.monthly does.
-    app.state.quota.configure(QuotaSettings {
-        monthly: Some(100),
-        reserve: 1,
-        ..QuotaSettings::default()
-    });
+    // Act: the operator raises dingtalk.quota.monthly and reloads.
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    let raised = settings_yaml(
+        &config("{monthly: 100, reserve: 1, hold_recheck: 200ms}"),
+        &base_url,
+    );
+    std::fs::write(file.path(), raised).unwrap();
+    app.state
+        .reloader
+        .set_config_file(Some(file.path().to_owned()));
+    let reload = app
+        .http
+        .post(format!("{}/-/reload", app.admin_address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
 
-    // Held deliveries look again every hold_recheck.
+    // Assert: the held delivery looks again within hold_recheck and goes out.
     app.wait_for_state(&held, "delivered").await;
+    let status = quota(&app).await;
+    assert_eq!(status["limit"], 100);
+    assert_eq!(status["reserve_reached"], false);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "dingtalk_relay_quota_limit_calls", &[]),
+        100.0
+    );
     app.stop().await;
 }
 
@@ -418,5 +443,52 @@ async fn clearing_the_exhausted_month_releases_held_deliveries() {
         .await
         .unwrap();
     assert_eq!(again["cleared"], false);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn digest_folds_new_events_into_the_quota_digest_at_the_reserve() {
+    // Arrange: a budget of 3 with a reserve of 1; ci folds into a daily digest when low.
+    let app = spawn_app_with(TestConfig {
+        template: ID_TEMPLATE.to_owned(),
+        quota: "{monthly: 3, reserve: 1}".to_owned(),
+        route_extra:
+            "    on_quota_low: digest\n    quota_digest: {schedule: \"18:00\", group_by: route}\n"
+                .to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    let id = accept_on(&app, "ci", 0).await;
+    app.wait_for_state(&id, "delivered").await;
+    let id = accept_on(&app, "ci", 1).await;
+    app.wait_for_state(&id, "delivered").await;
+
+    // Act: two more events once the reserve is reached.
+    let mut kept = Vec::new();
+    for n in [2, 3] {
+        let response = app.post_hook("ci", &job_status_n(n)).await;
+        assert_eq!(response.status(), 202);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["status"], "digest", "{answer}");
+        assert!(answer["digest_at"].is_string(), "{answer}");
+        kept.push(answer["event_id"].as_str().unwrap().to_owned());
+    }
+    let settings = app.state.settings();
+    let at = dingtalk_relay::digest::schedule_of(&settings, &settings.routes["ci"])
+        .and_then(|s| s.next_after(Utc::now()))
+        .unwrap();
+    let made = dingtalk_relay::digest::make_due(&app.state, at).await;
+
+    // Assert: one report for both events, sent from the reserve.
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].events, 2);
+    assert_eq!(made[0].deliveries.len(), 1);
+    app.wait_for_state(&made[0].deliveries[0], "delivered")
+        .await;
+    assert_eq!(app.fake.create_calls(), 3);
+    let report = app.fake.reports().last().cloned().unwrap();
+    let text: String = report.contents.iter().map(|c| c.content.as_str()).collect();
+    assert!(text.contains("2 次运行 runs"), "{text}");
+    assert_eq!(quota(&app).await["used"], 3);
     app.stop().await;
 }
