@@ -320,3 +320,38 @@ async fn a_malformed_chunked_body_answers_400() {
     assert!(app.state.store.list(None, 10).await.unwrap().is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_insecure_routes_stalled_bodies_are_capped_and_timed_out() {
+    // Arrange: one unverified read at a time, for at most one second.
+    let app = spawn_app_with(TestConfig {
+        server_extra: "  max_unverified_requests: 1\n  body_read_timeout: 1s".to_owned(),
+        extra_routes: "  open:\n    source: generic\n    insecure: true\n    template: {name: \"日报\"}\n    author: \"manager01\"\n".to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let stall = || async {
+        let mut stream = TcpStream::connect(&host).await.unwrap();
+        stream
+            .write_all(
+                b"POST /v1/hooks/open HTTP/1.1\r\nHost: relay\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        stream
+    };
+    // Act: the first stalls and holds the one slot …
+    let first = tokio::spawn(trickle_until_answered(stall().await));
+    let held = poll_until(Duration::from_secs(10), || async {
+        let second = app.post_hook("open", &job_status()).await;
+        second.status() == 503
+    })
+    .await;
+    // Assert: … so another body on that route is refused at once, the first is cut after
+    // the body timeout, and then the route takes webhooks again.
+    assert!(held, "the stalled body never held the unverified slot");
+    assert_eq!(first.await.unwrap(), Some(408));
+    assert_eq!(app.post_hook("open", &job_status_n(1)).await.status(), 202);
+    app.stop().await;
+}
