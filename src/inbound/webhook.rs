@@ -283,16 +283,11 @@ async fn handle(
                 Err(message) if !sources::auth::offers_body_signature(headers) => {
                     return Err(ApiError::unauthorized(message));
                 }
-                Err(_) => {
-                    let _permit = unverified.try_acquire()?;
-                    let timeout = settings.server.body_read_timeout;
-                    tokio::time::timeout(timeout, read_body(body, limit))
-                        .await
-                        .map_err(|_| ApiError::body_timeout(timeout))??
-                }
+                Err(_) => read_unverified(body, limit, settings, unverified).await?,
             }
         }
-        None => read_body(body, limit).await?,
+        // An `insecure` route authenticates no one: its bodies are all unverified.
+        None => read_unverified(body, limit, settings, unverified).await?,
     };
     let request = sources::Request {
         headers,
@@ -404,6 +399,21 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
             None,
         )
     })
+}
+
+/// Reads the body of a sender not yet authenticated: under the `server.max_unverified_requests`
+/// cap (503 beyond it) and within `server.body_read_timeout` (408).
+async fn read_unverified(
+    body: Body,
+    limit: usize,
+    settings: &Settings,
+    unverified: &UnverifiedReads,
+) -> Result<axum::body::Bytes, ApiError> {
+    let _permit = unverified.try_acquire()?;
+    let timeout = settings.server.body_read_timeout;
+    tokio::time::timeout(timeout, read_body(body, limit))
+        .await
+        .map_err(|_| ApiError::body_timeout(timeout))?
 }
 
 /// The cap on webhook bodies read before their sender is authenticated

@@ -96,7 +96,7 @@ const DIGEST_DONE: &str = concat!(
     "{{ \" (\" ~ p.branch ~ \")\" if p.branch }} {{ p.status_text }}",
     "{{ \" · \" ~ p.duration_human if p.duration_human }}",
     "{{ \" · \" ~ p.runs ~ \" 次 runs\" if p.runs > 1 }}",
-    "{{ \" · \" ~ p.url if p.url }}\n",
+    "{{ \" · \" if p.url }}{{ p.url }}\n",
     "{% endfor %}\n",
     "{% if more_text %}\n{{ more_text }}\n{% endif %}\n",
     "{% for s in standups if s.done %}\n",
@@ -109,7 +109,7 @@ const DIGEST_DONE: &str = concat!(
 const DIGEST_TODO: &str = concat!(
     "{% for p in failures %}\n",
     "{{ p.status_icon }} {{ p.project ~ \" › \" if p.project and group_by != \"project\" }}{{ p.name }}",
-    "{{ \" (\" ~ p.branch ~ \")\" if p.branch }} 待处理 needs attention{{ \": \" ~ p.url if p.url }}\n",
+    "{{ \" (\" ~ p.branch ~ \")\" if p.branch }} 待处理 needs attention{{ \": \" if p.url }}{{ p.url }}\n",
     "{% endfor %}\n",
     "{% for s in standups if s.todo %}\n",
     "\n{{ s.user or s.userid }}:\n{{ s.todo | bullets }}\n",

@@ -1049,7 +1049,10 @@ const DIGEST_RENDER_FUEL: u64 = 5_000_000;
 /// The template environment every field template is compiled in.
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
-    env.set_auto_escape_callback(|_| AutoEscape::None);
+    // Every value printed from an event is escaped for DingTalk markdown, in built-in and
+    // route templates alike; `| safe` opts a value out.
+    env.set_auto_escape_callback(|_| AutoEscape::Custom(MARKDOWN));
+    env.set_formatter(markdown_formatter);
     env.set_undefined_behavior(UndefinedBehavior::Chainable);
     env.set_keep_trailing_newline(false);
     env.set_trim_blocks(true);
@@ -1088,23 +1091,157 @@ fn items(value: &Value) -> Vec<String> {
     }
 }
 
-/// Filter `bullets`: a list as `• item` lines (DingTalk eats `- ` bullets).
-fn bullets(value: Value) -> String {
-    items(&value)
-        .iter()
-        .map(|item| format!("• {item}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Filter `bullets`: a list as `• item` lines (DingTalk eats `- ` bullets), each item
+/// escaped like any value.
+fn bullets(value: Value) -> Value {
+    Value::from_safe_string(
+        items(&value)
+            .iter()
+            .map(|item| format!("• {}", escape_markdown(item)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
-/// Filter `numbered`: a list as `1. item` lines.
-fn numbered(value: Value) -> String {
-    items(&value)
-        .iter()
-        .enumerate()
-        .map(|(i, item)| format!("{}. {item}", i + 1))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Filter `numbered`: a list as `1. item` lines, each item escaped like any value.
+fn numbered(value: Value) -> Value {
+    Value::from_safe_string(
+        items(&value)
+            .iter()
+            .enumerate()
+            .map(|(i, item)| format!("{}. {}", i + 1, escape_markdown(item)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// The name of the relay's auto-escape mode.
+const MARKDOWN: &str = "markdown";
+
+/// Prints a value into a template: escaped for markdown by [`escape_markdown`] unless it is
+/// marked safe (`| safe`, the relay's own filters, checked URLs); undefined and none print
+/// nothing.
+fn markdown_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    if value.is_undefined() || value.is_none() {
+        return Ok(());
+    }
+    if value.is_safe() || state.auto_escape() != AutoEscape::Custom(MARKDOWN) {
+        return write!(out, "{value}").map_err(minijinja::Error::from);
+    }
+    let text = match value.as_str() {
+        Some(text) => escape_markdown(text),
+        None => escape_markdown(&value.to_string()),
+    };
+    out.write_str(&text).map_err(minijinja::Error::from)
+}
+
+/// `text` as inert DingTalk markdown: its line breaks are folded into ` ⏎ ` (so it cannot
+/// start a line of its own: no heading, list, quote or forged status line), the characters
+/// that make emphasis, code, links, images, HTML and tables are backslash-escaped, a start
+/// that would make a block (`#`, `>`, `- `, `1. `) is escaped, and `://` is broken with a
+/// zero-width space so that the reader's client does not turn it into a link.
+pub fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut lines = text
+        .split(['\n', '\r', '\u{2028}', '\u{2029}', '\u{85}'])
+        .filter(|l| !l.trim().is_empty())
+        .peekable();
+    let mut first = true;
+    while let Some(piece) = lines.next() {
+        // Only the start of the value can be at the start of a line; a later line of it
+        // follows a fold mark.
+        let line = if first { piece } else { piece.trim_start() };
+        let line = if lines.peek().is_some() {
+            line.trim_end()
+        } else {
+            line
+        };
+        first = false;
+        // A value (or a line of it) at the start of a template line must not open a block.
+        // (`>` and `*` are escaped wherever they are, below.)
+        let opens_block = match line.trim_start().chars().next() {
+            Some('#' | '=') => true,
+            Some('-' | '+') => {
+                let rest = &line.trim_start()[1..];
+                rest.is_empty() || rest.starts_with(' ')
+            }
+            Some(c) if c.is_ascii_digit() => {
+                let rest = line
+                    .trim_start()
+                    .trim_start_matches(|c: char| c.is_ascii_digit());
+                rest.starts_with(". ") || rest.starts_with(") ")
+            }
+            _ => false,
+        };
+        let indent = line.len() - line.trim_start().len();
+        out.push_str(&line[..indent]);
+        let line = &line[indent..];
+        if opens_block && !line.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push('\\');
+        }
+        for (i, c) in line.char_indices() {
+            match c {
+                // Inside a word `_` is plain text (snake_case); at its edges it emphasises.
+                '_' if line[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphanumeric)
+                    && line[i + 1..]
+                        .chars()
+                        .next()
+                        .is_some_and(char::is_alphanumeric) =>
+                {
+                    out.push('_');
+                }
+                '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                '.' | ')' if opens_block && line[..i].chars().all(|c| c.is_ascii_digit()) => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                ':' if line[i..].starts_with("://") => out.push_str(":\u{200b}"),
+                c if c.is_control() => out.push(' '),
+                c => out.push(c),
+            }
+        }
+        if lines.peek().is_some() {
+            out.push_str(" ⏎ ");
+        }
+    }
+    out
+}
+
+/// `url` as a link target the templates may print as it is: only `http` and `https`
+/// URLs, normalised, with the characters that could end markdown link syntax
+/// percent-encoded. Anything else is not a URL to show.
+pub fn checked_url(url: &str) -> Option<Value> {
+    let parsed = reqwest::Url::parse(url.trim()).ok()?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return None;
+    }
+    let mut safe = String::with_capacity(parsed.as_str().len());
+    for c in parsed.as_str().chars() {
+        match c {
+            '(' => safe.push_str("%28"),
+            ')' => safe.push_str("%29"),
+            '[' => safe.push_str("%5B"),
+            ']' => safe.push_str("%5D"),
+            '*' => safe.push_str("%2A"),
+            '<' => safe.push_str("%3C"),
+            '>' => safe.push_str("%3E"),
+            '`' => safe.push_str("%60"),
+            '|' => safe.push_str("%7C"),
+            '\\' => safe.push_str("%5C"),
+            c => safe.push(c),
+        }
+    }
+    Some(Value::from_safe_string(safe))
 }
 
 /// Makes every line break between two lines of text a markdown hard break (two spaces before

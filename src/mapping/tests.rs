@@ -693,6 +693,96 @@ fn standup_defaults() {
 }
 
 #[test]
+fn escape_markdown_makes_payload_text_inert() {
+    // (value, escaped)
+    let cases = [
+        ("Fix flaky test", "Fix flaky test"),
+        ("snake_case_name and fix #12", "snake_case_name and fix #12"),
+        (
+            "[重置密码](https://evil.example/login)",
+            "\\[重置密码\\](https:\u{200b}//evil.example/login)",
+        ),
+        (
+            "![x](http://t.example/p.gif)",
+            "!\\[x\\](http:\u{200b}//t.example/p.gif)",
+        ),
+        ("# URGENT", "\\# URGENT"),
+        ("> quoted", "\\> quoted"),
+        ("- item", "\\- item"),
+        ("1. first", "1\\. first"),
+        (
+            "**bold** _it_ `code` ~~x~~ <img src=x> a|b",
+            "\\*\\*bold\\*\\* \\_it\\_ \\`code\\` \\~\\~x\\~\\~ \\<img src=x\\> a\\|b",
+        ),
+        (
+            "Fix\n✅ **Deploy prod** 成功 success\r\n\n# done",
+            "Fix ⏎ ✅ \\*\\*Deploy prod\\*\\* 成功 success ⏎ \\# done",
+        ),
+        ("back\\slash", "back\\\\slash"),
+    ];
+    for (value, escaped) in cases {
+        assert_eq!(escape_markdown(value), escaped, "{value:?}");
+    }
+}
+
+#[test]
+fn payload_text_cannot_forge_the_report() {
+    let m = mapper(CI);
+    let job = job_with(&[
+        (
+            "commit_message",
+            "[重置密码](https://evil.example/login) ![x](https://t.example/p.gif)\n# URGENT".into(),
+        ),
+        ("summary", "ok\n✅ **Deploy prod** 成功 success".into()),
+        ("branch", "main\n## forged".into()),
+        ("url", "javascript:alert(1)".into()),
+    ]);
+    let (draft, _) = report(&m, &job);
+    let done = content(&draft, "今日完成工作").unwrap();
+    // Only the template's own first line is bold; no payload value opens a line.
+    for line in done.lines().skip(1) {
+        let text = line.split_once(": ").map_or(line, |(_, v)| v);
+        assert!(
+            !line.starts_with(['#', '✅', '!', '[', '>', '-']),
+            "{line:?} in {done}"
+        );
+        assert!(!text.contains("**") || text.contains("\\*\\*"), "{line:?}");
+    }
+    // Link and image syntax only appears escaped.
+    assert!(!done.replace("\\](", "").contains("]("), "{done}");
+    assert!(
+        done.contains("\\[重置密码\\](https:\u{200b}//evil.example/login) !\\[x\\]"),
+        "{done}"
+    );
+    assert!(!done.contains("javascript"), "{done}");
+    assert!(
+        done.contains("摘要 Summary: ok ⏎ ✅ \\*\\*Deploy prod\\*\\* 成功 success"),
+        "{done}"
+    );
+    // A link is made only from an http(s) URL field.
+    let linked = report(
+        &m,
+        &job_with(&[("url", "https://ci.example.com/runs/(1)".into())]),
+    )
+    .0;
+    assert!(
+        content(&linked, "今日完成工作")
+            .unwrap()
+            .ends_with("链接 Link: https://ci.example.com/runs/%281%29"),
+        "{linked:?}"
+    );
+    // `| safe` opts a value out, as documented.
+    let raw = mapper(&route(
+        "    fields:\n      今日完成工作: \"{{ summary | safe }} / {{ summary }}\"\n",
+    ));
+    let (draft, _) = report(&raw, &job_with(&[("summary", "**bold**".into())]));
+    assert_eq!(
+        content(&draft, "今日完成工作"),
+        Some("**bold** / \\*\\*bold\\*\\*")
+    );
+}
+
+#[test]
 fn a_standup_userid_not_in_users_is_refused_with_the_reason() {
     let m = mapper(&format!(
         "{}{}",

@@ -171,7 +171,12 @@ pub(super) fn job_status(
             .as_deref()
             .and_then(|m| m.lines().map(str::trim).find(|l| !l.is_empty())),
     );
-    put(&mut ctx, "url", job.url.as_deref());
+    // Links are made only from http(s) URLs (see `checked_url`); any other value is left out.
+    put(
+        &mut ctx,
+        "url",
+        job.url.as_deref().and_then(super::checked_url),
+    );
     put(&mut ctx, "actor", job.actor.as_deref());
     put(&mut ctx, "actor_email", job.actor_email.as_deref());
     put(&mut ctx, "actor_userid", actor_userid);

@@ -158,6 +158,36 @@ mod tests {
     }
 
     #[test]
+    fn body_signatures_are_told_from_header_credentials() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("x-signature-256", "sha256=00")], true),
+            (&[("x-hub-signature-256", "sha256=00")], true),
+            (&[("x-gitea-signature", "00")], true),
+            (&[("circleci-signature", "v1=00")], true),
+            (
+                &[("x-buildkite-signature", "timestamp=1,signature=00")],
+                true,
+            ),
+            (&[("webhook-signature", "v1,AA==")], true),
+            (&[("digest", "SHA-256=AA==")], true),
+            (&[("authorization", "Signature keyId=\"x\"")], true),
+            (&[("authorization", "Bearer s3cret")], false),
+            (&[("authorization", "Basic AA==")], false),
+            (&[("x-gitlab-token", "s3cret")], false),
+            (&[("x-relay-token", "s3cret")], false),
+            (&[("x-buildkite-token", "s3cret")], false),
+            (&[], false),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(
+                offers_body_signature(&headers(pairs)),
+                *expected,
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
     fn shared_secret_forms() {
         let secret = Secret::new("s3cret");
         let basic_pw = format!("Basic {}", base64(b"jenkins:s3cret"));

@@ -198,10 +198,10 @@ fn open_files_soft_limit() -> Option<u64> {
 }
 
 /// Sends one byte of body every 250 ms until the server answers; the answer's status, or
-/// `None` when it closed without one or kept quiet for 30 s.
+/// `None` when it closed without one or kept quiet for 60 s.
 async fn trickle_until_answered(mut stream: TcpStream) -> Option<u16> {
     let mut buffer = [0_u8; 512];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         tokio::select! {
             read = stream.read(&mut buffer) => {
@@ -222,8 +222,9 @@ async fn trickle_until_answered(mut stream: TcpStream) -> Option<u16> {
 
 #[tokio::test]
 async fn trickling_unauthenticated_bodies_cannot_block_an_authenticated_webhook() {
-    // Arrange: the default caps (1024 requests, 64 unverified body reads) and a 2 s body
-    // read timeout; 1,100 connections each send a whole request head for a 1 MB body that
+    // Arrange: the default caps (1024 requests, 64 unverified body reads) and a 15 s body
+    // read timeout (long enough that no read slot is freed while the heads arrive, however
+    // loaded the machine); 1,100 connections each send a whole request head for a 1 MB body that
     // claims a body signature (so its sender cannot be known before the body is read), or a
     // wrong bearer token, and then trickle it.
     const TRICKLERS: usize = 1100;
@@ -235,7 +236,7 @@ async fn trickling_unauthenticated_bodies_cannot_block_an_authenticated_webhook(
     );
     let app = spawn_app_with(TestConfig {
         max_body_bytes: 1_048_576,
-        server_extra: "  body_read_timeout: 2s".to_owned(),
+        server_extra: "  body_read_timeout: 15s".to_owned(),
         ..TestConfig::default()
     })
     .await;
@@ -317,5 +318,40 @@ async fn a_malformed_chunked_body_answers_400() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("invalid_payload"), "{answer}");
     assert!(app.state.store.list(None, 10).await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_insecure_routes_stalled_bodies_are_capped_and_timed_out() {
+    // Arrange: one unverified read at a time, for at most one second.
+    let app = spawn_app_with(TestConfig {
+        server_extra: "  max_unverified_requests: 1\n  body_read_timeout: 1s".to_owned(),
+        extra_routes: "  open:\n    source: generic\n    insecure: true\n    template: {name: \"日报\"}\n    author: \"manager01\"\n".to_owned(),
+        ..TestConfig::default()
+    })
+    .await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let stall = || async {
+        let mut stream = TcpStream::connect(&host).await.unwrap();
+        stream
+            .write_all(
+                b"POST /v1/hooks/open HTTP/1.1\r\nHost: relay\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        stream
+    };
+    // Act: the first stalls and holds the one slot …
+    let first = tokio::spawn(trickle_until_answered(stall().await));
+    let held = poll_until(Duration::from_secs(10), || async {
+        let second = app.post_hook("open", &job_status()).await;
+        second.status() == 503
+    })
+    .await;
+    // Assert: … so another body on that route is refused at once, the first is cut after
+    // the body timeout, and then the route takes webhooks again.
+    assert!(held, "the stalled body never held the unverified slot");
+    assert_eq!(first.await.unwrap(), Some(408));
+    assert_eq!(app.post_hook("open", &job_status_n(1)).await.status(), 202);
     app.stop().await;
 }

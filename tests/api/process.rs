@@ -518,3 +518,86 @@ async fn no_secret_or_token_appears_in_any_output_of_a_full_run() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_forged_route_name_cannot_write_a_log_line_or_an_escape_sequence() {
+    // Arrange: the binary with text logs on a pipe (not a terminal).
+    let dir = tempfile::tempdir().unwrap();
+    let options = FakeOptions::default();
+    let (_fake, base_url) = FakeDingTalk::spawn(options.clone()).await.unwrap();
+    let config = write_config(dir.path(), &base_url, &options, "memory:");
+    let yaml = std::fs::read_to_string(&config).unwrap().replace(
+        "log: {format: json, filter: info}",
+        "log: {format: text, filter: info}",
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let port = |name: &str| {
+        let lines = lines.lock().unwrap();
+        let line = lines
+            .iter()
+            .find(|l| l.contains("dingtalk-relay listening"))?;
+        let value = line.split(&format!(" {name}=")).nth(1)?;
+        value.split(' ').next()?.parse::<u16>().ok()
+    };
+    assert!(
+        poll_until(Duration::from_secs(30), || async { port("port").is_some() }).await,
+        "no listening line: {:?}",
+        lines.lock().unwrap()
+    );
+    let port = port("port").unwrap();
+
+    // Act: the request, byte for byte, with no authentication.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /v1/hooks/ci%0a2026-12-04T00:00:00Z%20ERROR%20forged%1b[31m HTTP/1.1\r\nHost: relay\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 404"));
+    let logged = poll_until(Duration::from_secs(10), || async {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("webhook rejected"))
+    })
+    .await;
+    child.kill().ok();
+    let _ = child.wait();
+
+    // Assert: the route name is in the log, escaped; no line is forged, none has ESC.
+    let lines = lines.lock().unwrap();
+    assert!(logged, "{lines:?}");
+    let rejected = lines
+        .iter()
+        .find(|l| l.contains("webhook rejected"))
+        .unwrap();
+    assert!(
+        rejected.contains("ci\\n2026-12-04T00:00:00Z ERROR forged"),
+        "{rejected}"
+    );
+    for line in lines.iter() {
+        assert!(!line.starts_with("2026-12-04T00:00:00Z"), "forged: {line}");
+        assert!(!line.contains('\u{1b}'), "escape sequence: {line:?}");
+    }
+}
