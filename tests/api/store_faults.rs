@@ -255,6 +255,12 @@ async fn failing_writes_are_counted_and_readiness_recovers_by_itself() {
     let (_, refused) = intake(&store, 0, 30).await;
     assert!(refused > 0, "the page cap never made a write fail");
     assert_eq!(store.problem().as_deref(), Some("database or disk is full"));
+    // A claim succeeds on a full store (it adds nothing): readiness must not flicker back.
+    store
+        .claim(Utc::now(), 10, WINDOW)
+        .await
+        .expect("claim on a full store");
+    assert_eq!(store.problem().as_deref(), Some("database or disk is full"));
     let text = metrics.encode();
     assert!(
         metric_value(
