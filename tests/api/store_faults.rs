@@ -821,3 +821,78 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
     assert!(all_done, "not every accepted webhook was delivered");
     assert_each_reported_once(&fake, accepted.keys());
 }
+
+/// Sets or clears the immutable attribute of the database and its WAL (root only, on a
+/// filesystem that has it); `false` when it could not. Not the `-shm` file: SQLite maps it
+/// into memory, and a write to an immutable mapping is SIGBUS for the whole process.
+fn immutable(dir: &std::path::Path, on: bool) -> bool {
+    let flag = if on { "+i" } else { "-i" };
+    ["relay.db", "relay.db-wal"].iter().all(|file| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(dir.join(file))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The database files made read-only under the running relay (`chattr +i`: SQLite's writes
+/// fail with an I/O error, the case the issue found): webhooks get 503, readiness flips, and
+/// both recover when the files are writable again; every 202 survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::print_stderr, reason = "the skip has to be visible")]
+async fn read_only_database_files_answer_503_and_recover() {
+    use std::os::unix::fs::MetadataExt;
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        eprintln!("skipped: the read-only database test needs root for chattr +i");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default())
+        .await
+        .expect("fake DingTalk starts");
+    let app = sqlite_app_on(dir.path(), |yaml| yaml, fake.clone(), &base_url).await;
+    let mut accepted = vec![app.accept(&job_status_n(0)).await];
+    if !immutable(dir.path(), true) {
+        immutable(dir.path(), false);
+        eprintln!("skipped: chattr +i is not supported where the test's tempdir is");
+        app.stop().await;
+        return;
+    }
+    let mut refused = 0;
+    for n in 1..21 {
+        let response = app.post_hook("ci", &job_status_n(n)).await;
+        match response.status().as_u16() {
+            202 => accepted.push(
+                response.json::<Value>().await.unwrap()["delivery_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+            503 => refused += 1,
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    let (status, body) = readiness(&app).await;
+    immutable(dir.path(), false);
+    assert!(refused > 0, "no write failed on immutable files");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        poll_until(Duration::from_secs(15), || async {
+            readiness(&app).await.0 == 200
+        })
+        .await,
+        "readiness never recovered: {:?}",
+        readiness(&app).await
+    );
+    for n in 100..110 {
+        accepted.push(app.accept(&job_status_n(n)).await);
+    }
+    app.stop().await;
+    let app = sqlite_app_on(dir.path(), |yaml| yaml, fake, &base_url).await;
+    for id in &accepted {
+        app.wait_for_state(id, "delivered").await;
+    }
+    app.stop().await;
+}
