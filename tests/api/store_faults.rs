@@ -637,6 +637,11 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
     execute(raw_delivery("garbage", r#"{"v":1,"app":5}"#)).await;
     execute(raw_delivery("future", r#"{"v":99,"app":"default"}"#)).await;
     execute(raw_digest_event("old-event", PREVIOUS_EVENT)).await;
+    execute(raw_digest_event(
+        "bad-event",
+        r#"{"v":1,"event":{"type":"nope"}}"#,
+    ))
+    .await;
 
     let old = store.get("old").await.expect("get").expect("stored");
     assert_eq!(old.state, State::Queued);
@@ -671,6 +676,40 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
         panic!("not the standup");
     };
     assert_eq!(standup.done, ["item 1"]);
+
+    // Making the digest folds the readable event; the unreadable one becomes a failed
+    // delivery with its reason, and does not stop the digest.
+    let folded = std::sync::Mutex::new(0);
+    let build = |events: &[dingtalk_relay::store::DigestEvent], _| {
+        *folded.lock().unwrap() = events.len();
+        Ok(Vec::new())
+    };
+    let closed = store
+        .close_digest(
+            "daily",
+            Utc::now() + chrono::Duration::seconds(1),
+            Utc::now(),
+            &build,
+        )
+        .await
+        .expect("close")
+        .expect("made");
+    assert_eq!((closed.events, *folded.lock().unwrap()), (1, 1));
+    let bad = store
+        .get("bad-event")
+        .await
+        .expect("get")
+        .expect("kept as a delivery");
+    assert_eq!(bad.state, State::Failed);
+    let reason = bad.last_error.expect("a reason").errmsg;
+    assert!(reason.starts_with("undecodable: event: "), "{reason}");
+    assert!(
+        store
+            .digest_events("daily")
+            .await
+            .expect("events")
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
