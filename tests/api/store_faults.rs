@@ -757,6 +757,16 @@ async fn postgres_reads_previous_stored_forms_and_fails_undecodable_rows() {
     drop_database(&url, &database).await;
 }
 
+/// Kills the relay process when the test ends, also when an assertion fails first.
+struct Running(crate::process::Relay);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
 /// The real binary on a nearly full filesystem (root only: a small tmpfs): webhooks that
 /// cannot be committed get 503 and readiness says the disk is full; once space is freed
 /// intake and readiness recover by themselves; after a clean SIGTERM and restart every
@@ -781,13 +791,13 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
         yaml.replace("  max_queued:", "  min_free_bytes: 0\n  max_queued:"),
     )
     .unwrap();
-    let mut relay = start_relay(&config);
+    let mut relay = Running(start_relay(&config));
     let http = reqwest::Client::new();
     let ready = async |admin: &str| {
         let response = http.get(format!("{admin}/readyz")).send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     };
-    assert_eq!(ready(&relay.admin_address).await.0, 200);
+    assert_eq!(ready(&relay.0.admin_address).await.0, 200);
 
     // Leave about 200 KB free.
     let fs = rustix::fs::statvfs(tmpfs.dir.path()).expect("statvfs");
@@ -807,7 +817,8 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
     let mut refused = 0;
     let mut n = 0;
     while refused < 20 && n < 5000 {
-        let answers = futures::future::join_all((n..n + 8).map(|n| post(&relay.address, n))).await;
+        let answers =
+            futures::future::join_all((n..n + 8).map(|n| post(&relay.0.address, n))).await;
         for (i, answer) in answers.into_iter().enumerate() {
             match answer.status().as_u16() {
                 202 => {
@@ -824,13 +835,13 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
         n += 8;
     }
     assert!(refused >= 20, "the disk never filled ({n} webhooks)");
-    let (status, body) = ready(&relay.admin_address).await;
+    let (status, body) = ready(&relay.0.admin_address).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("full"), "{body}");
 
     // Space freed: readiness and intake come back by themselves.
     std::fs::remove_file(&filler).unwrap();
-    let admin = relay.admin_address.clone();
+    let admin = relay.0.admin_address.clone();
     assert!(
         poll_until(Duration::from_secs(15), || async {
             ready(&admin).await.0 == 200
@@ -839,24 +850,24 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
         "readiness never recovered"
     );
     for m in n..n + 20 {
-        let answer = post(&relay.address, m).await;
+        let answer = post(&relay.0.address, m).await;
         assert_eq!(answer.status(), 202, "intake did not resume");
         let body: Value = answer.json().await.unwrap();
         accepted.insert(m, body["delivery_id"].as_str().unwrap().to_owned());
     }
 
     // A clean stop and a restart: every 202 is delivered, once.
-    let pid = relay.child.id().to_string();
+    let pid = relay.0.child.id().to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(status.success());
-    let _ = relay.child.wait();
-    let mut relay = start_relay(&config);
-    let all_done = all_delivered(&http, &relay.admin_address, accepted.values()).await;
-    relay.child.kill().ok();
-    let _ = relay.child.wait();
+    let _ = relay.0.child.wait();
+    let mut relay = Running(start_relay(&config));
+    let all_done = all_delivered(&http, &relay.0.admin_address, accepted.values()).await;
+    relay.0.child.kill().ok();
+    let _ = relay.0.child.wait();
     assert!(all_done, "not every accepted webhook was delivered");
     assert_each_reported_once(&fake, accepted.keys());
 }
