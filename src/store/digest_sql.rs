@@ -133,7 +133,8 @@ macro_rules! digest_statements {
             .fetch_all(pool)
             .await
             .map_err(unavailable)?;
-            rows.iter().map(crate::store::sql::row_to_digest_event).collect()
+            // The unreadable ones become failed deliveries when the digest is made.
+            Ok(decode_digest_rows(&rows).0)
         }
 
         /// Makes the digest (see `Store::close_digest`) in one transaction, committed only
@@ -200,7 +201,36 @@ macro_rules! digest_statements {
             .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
-            let events = decode_digest_rows(&rows);
+            let (events, undecodable) = decode_digest_rows(&rows);
+            for bad in &undecodable {
+                sqlx::query(&format!(
+                    "INSERT INTO deliveries (id, route, dedup_key, state, attempts, last_errmsg, \
+                     draft, created_at, updated_at) \
+                     VALUES ({}, {}, {}, 'failed', 0, {}, {}, {}, {})",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(7)
+                ))
+                .bind(&bad.id)
+                .bind(&bad.route)
+                .bind(format!("undecodable:{}", bad.id))
+                .bind(&bad.reason)
+                .bind(&bad.stored)
+                .bind(bad.received_at)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                sqlx::query(&format!("DELETE FROM digest_events WHERE id = {}", p(1)))
+                    .bind(&bad.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
             let deliveries = build(&events, last).map_err(Error::Digest)?;
             let mut ids = Vec::with_capacity(deliveries.len());
             for new in deliveries {

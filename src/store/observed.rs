@@ -45,13 +45,14 @@ impl Observed {
         self.failing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a failed operation `op`; a write also marks the store failing (a success clears
-    /// it).
-    fn note<T>(&self, op: &str, write: bool, result: Result<T>) -> Result<T> {
+    /// Counts a failed operation `op`; a failed write also marks the store failing. Only a
+    /// write that adds rows as intake does (a webhook, the probe) clears it: a claim or an
+    /// update can succeed on a full disk, and would make readiness flicker.
+    fn note<T>(&self, op: &str, kind: Kind, result: Result<T>) -> Result<T> {
         match &result {
             Err(Error::Unavailable(message)) => {
                 self.errors.with_label_values(&[op]).inc();
-                if write {
+                if kind != Kind::Read {
                     let mut failing = self.failing();
                     if failing.is_none() {
                         tracing::error!(op, error = %message, "store writes fail; not ready");
@@ -60,7 +61,7 @@ impl Observed {
                 }
             }
             Err(Error::Corrupt { .. }) => self.errors.with_label_values(&[op]).inc(),
-            Ok(_) if write => self.recovered(),
+            Ok(_) if kind == Kind::Intake => self.recovered(),
             _ => {}
         }
         result
@@ -70,6 +71,25 @@ impl Observed {
         if self.failing().take().is_some() {
             tracing::info!("store writes succeed again; ready");
         }
+    }
+}
+
+/// What an operation tells about the store's writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Adds rows (webhooks, the probe): its success means writes work.
+    Intake,
+    /// Changes rows: its failure means writes fail.
+    Write,
+    /// Reads.
+    Read,
+}
+
+/// Intake that stored a row tells writes work; a duplicate stored nothing.
+fn added(result: &Result<Enqueued>) -> Kind {
+    match result {
+        Ok(Enqueued::Duplicate(_)) => Kind::Write,
+        _ => Kind::Intake,
     }
 }
 
@@ -84,7 +104,7 @@ async fn probe(store: Weak<Observed>) {
         };
         if store.failing().is_some() {
             let result = store.inner.probe_write().await;
-            store.note("probe", true, result).ok();
+            store.note("probe", Kind::Intake, result).ok();
         }
     }
 }
@@ -98,7 +118,7 @@ impl Store for Observed {
         max_queued: u64,
     ) -> Result<Enqueued> {
         let result = self.inner.enqueue(new, dedup_window, max_queued).await;
-        self.note("enqueue", true, result)
+        self.note("enqueue", added(&result), result)
     }
 
     async fn claim(
@@ -108,17 +128,17 @@ impl Store for Observed {
         lease: Duration,
     ) -> Result<Vec<Delivery>> {
         let result = self.inner.claim(now, limit, lease).await;
-        self.note("claim", true, result)
+        self.note("claim", Kind::Write, result)
     }
 
     async fn mark_sending(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
         let result = self.inner.mark_sending(id, now).await;
-        self.note("mark_sending", true, result)
+        self.note("mark_sending", Kind::Write, result)
     }
 
     async fn mark_delivered(&self, id: &str, report_id: &str, now: DateTime<Utc>) -> Result<()> {
         let result = self.inner.mark_delivered(id, report_id, now).await;
-        self.note("mark_delivered", true, result)
+        self.note("mark_delivered", Kind::Write, result)
     }
 
     async fn schedule_retry(
@@ -133,7 +153,7 @@ impl Store for Observed {
             .inner
             .schedule_retry(id, at, error, sending_since, now)
             .await;
-        self.note("schedule_retry", true, result)
+        self.note("schedule_retry", Kind::Write, result)
     }
 
     async fn defer(
@@ -144,7 +164,7 @@ impl Store for Observed {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let result = self.inner.defer(id, at, error, now).await;
-        self.note("defer", true, result)
+        self.note("defer", Kind::Write, result)
     }
 
     async fn hold(
@@ -166,47 +186,47 @@ impl Store for Observed {
 
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
         let result = self.inner.mark_failed(id, error, now).await;
-        self.note("mark_failed", true, result)
+        self.note("mark_failed", Kind::Write, result)
     }
 
     async fn release(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
         let result = self.inner.release(id, now).await;
-        self.note("release", true, result)
+        self.note("release", Kind::Write, result)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Delivery>> {
         let result = self.inner.get(id).await;
-        self.note("get", false, result)
+        self.note("get", Kind::Read, result)
     }
 
     async fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Delivery>> {
         let result = self.inner.list(state, limit).await;
-        self.note("list", false, result)
+        self.note("list", Kind::Read, result)
     }
 
     async fn retry(&self, id: &str, now: DateTime<Utc>) -> Result<Option<State>> {
         let result = self.inner.retry(id, now).await;
-        self.note("retry", true, result)
+        self.note("retry", Kind::Write, result)
     }
 
     async fn stats(&self) -> Result<QueueStats> {
         let result = self.inner.stats().await;
-        self.note("stats", false, result)
+        self.note("stats", Kind::Read, result)
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         let result = self.inner.next_due().await;
-        self.note("next_due", false, result)
+        self.note("next_due", Kind::Read, result)
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
         let result = self.inner.prune(before).await;
-        self.note("prune", true, result)
+        self.note("prune", Kind::Write, result)
     }
 
     async fn ping(&self) -> Result<()> {
         let result = self.inner.ping().await;
-        self.note("ping", false, result)
+        self.note("ping", Kind::Read, result)
     }
 
     async fn add_digest_event(
@@ -219,17 +239,17 @@ impl Store for Observed {
             .inner
             .add_digest_event(new, dedup_window, max_queued)
             .await;
-        self.note("add_digest_event", true, result)
+        self.note("add_digest_event", added(&result), result)
     }
 
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
         let result = self.inner.digest_events(route).await;
-        self.note("digest_events", false, result)
+        self.note("digest_events", Kind::Read, result)
     }
 
     async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>> {
         let result = self.inner.last_digest(route).await;
-        self.note("last_digest", false, result)
+        self.note("last_digest", Kind::Read, result)
     }
 
     async fn close_digest(
@@ -240,7 +260,7 @@ impl Store for Observed {
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
         let result = self.inner.close_digest(route, period_end, now, build).await;
-        self.note("close_digest", true, result)
+        self.note("close_digest", Kind::Write, result)
     }
 
     fn shared_limit(&self) -> Option<Arc<dyn SharedLimit>> {
@@ -249,7 +269,7 @@ impl Store for Observed {
 
     async fn probe_write(&self) -> Result<()> {
         let result = self.inner.probe_write().await;
-        self.note("probe", true, result)
+        self.note("probe", Kind::Intake, result)
     }
 
     fn problem(&self) -> Option<String> {

@@ -124,12 +124,15 @@ where
     let draft = match super::stored::decode_draft(&text("draft")?) {
         Ok(draft) => draft,
         Err(e) => {
-            state = State::Failed;
-            next_attempt_at = None;
-            last_error = Some(LastError {
-                errcode: None,
-                errmsg: format!("undecodable: draft: {e}"),
-            });
+            // A row already failed keeps its own reason (an undecodable digest event's).
+            if state != State::Failed || last_error.is_none() {
+                state = State::Failed;
+                next_attempt_at = None;
+                last_error = Some(LastError {
+                    errcode: None,
+                    errmsg: format!("undecodable: draft: {e}"),
+                });
+            }
             super::stored::undecodable_draft()
         }
     };
@@ -174,21 +177,50 @@ where
     })
 }
 
-/// Decodes the rows of a digest's period, leaving out (and logging) any that cannot be read:
-/// one corrupt row must not stop every later digest of its route. It stays stored.
-pub(super) fn decode_digest_rows<R: Row>(rows: &[R]) -> Vec<DigestEvent>
+/// A digest event row this relay cannot read: it becomes a `failed` delivery carrying the
+/// reason and the stored text, so it is visible in `/v1/deliveries` and never blocks a digest.
+pub(super) struct UndecodableEvent {
+    /// The event's id (the failed delivery's id).
+    pub(super) id: String,
+    /// Its route.
+    pub(super) route: String,
+    /// The stored text, kept as the failed delivery's draft.
+    pub(super) stored: String,
+    /// When it was received.
+    pub(super) received_at: i64,
+    /// `undecodable: event: …`.
+    pub(super) reason: String,
+}
+
+/// Decodes the rows of a digest's period; the rows that cannot be read are returned apart
+/// (and logged): one corrupt row must not stop every later digest of its route.
+pub(super) fn decode_digest_rows<R: Row>(rows: &[R]) -> (Vec<DigestEvent>, Vec<UndecodableEvent>)
 where
     usize: ColumnIndex<R>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
 {
-    rows.iter()
-        .filter_map(|row| match row_to_digest_event(row) {
-            Ok(event) => Some(event),
+    let mut events = Vec::with_capacity(rows.len());
+    let mut undecodable = Vec::new();
+    for row in rows {
+        match row_to_digest_event(row) {
+            Ok(event) => events.push(event),
             Err(e) => {
-                tracing::error!(error = %e, "skipping an unreadable digest event");
-                None
+                tracing::error!(error = %e, "an unreadable digest event becomes a failed delivery");
+                let text = |i: usize| row.try_get::<String, _>(i).unwrap_or_default();
+                let reason = match e {
+                    Error::Corrupt { message, .. } => message,
+                    other => format!("undecodable: {other}"),
+                };
+                undecodable.push(UndecodableEvent {
+                    id: text(0),
+                    route: text(1),
+                    stored: text(3),
+                    received_at: row.try_get(4).unwrap_or_default(),
+                    reason,
+                });
             }
-        })
-        .collect()
+        }
+    }
+    (events, undecodable)
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +34,8 @@ pub struct SqliteStore {
     claim: [String; 2],
     /// The file's identity and free space (`store.min_free_bytes`).
     watch: Arc<FileWatch>,
+    /// Set when a write failed: the writer connection is replaced before its next use.
+    suspect: Arc<AtomicBool>,
 }
 
 /// One webhook waiting for the group commit.
@@ -54,6 +56,7 @@ async fn group_commit(
     writer: SqlitePool,
     mut intake: mpsc::Receiver<EnqueueRequest>,
     watch: Arc<FileWatch>,
+    suspect: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut depth = DepthCache::default();
@@ -74,6 +77,7 @@ async fn group_commit(
             }
             Err(e) => {
                 tracing::error!(error = %e, webhooks = requests.len(), "committing webhooks failed");
+                suspect.store(true, Ordering::Release);
                 let message = match e {
                     Error::Unavailable(message) => message,
                     other => other.to_string(),
@@ -251,6 +255,8 @@ impl SqliteStore {
             // as files, each group created, wrote and deleted one in /var/tmp.
             .pragma("temp_store", "memory");
         let page_limit = Arc::new(AtomicU64::new(0));
+        let suspect = Arc::new(AtomicBool::new(false));
+        let suspect_on_acquire = suspect.clone();
         let limit = page_limit.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -267,6 +273,13 @@ impl SqliteStore {
                 })
             })
             .after_release(|conn, _| Box::pin(super::sql::state_known(conn)))
+            // After a failed write the connection itself may be what is wrong: SQLite opens a
+            // file it cannot write (e.g. `chattr +i`) read-only, and such a connection stays
+            // read-only after the file is writable again. A fresh one is opened instead.
+            .before_acquire(move |_, _| {
+                let reopen = suspect_on_acquire.swap(false, Ordering::AcqRel);
+                Box::pin(async move { Ok(!reopen) })
+            })
             .connect_with(options.clone())
             .await
             .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
@@ -288,8 +301,14 @@ impl SqliteStore {
             .map_err(|e| unavailable(format!("opening {path}: {e}")))?;
         let watch = FileWatch::start(std::path::Path::new(path), min_free_bytes);
         let (intake, queue) = mpsc::channel(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(group_commit(writer.clone(), queue, watch.clone()));
+        tokio::spawn(group_commit(
+            writer.clone(),
+            queue,
+            watch.clone(),
+            suspect.clone(),
+        ));
         Ok(Self {
+            suspect,
             watch,
             writer,
             page_limit,
@@ -304,6 +323,12 @@ impl SqliteStore {
 const NO_PAGE_LIMIT: u64 = 4_294_967_294;
 
 impl SqliteStore {
+    /// A failed write: reported, and the writer connection replaced before its next use.
+    fn write_error(&self, e: impl std::fmt::Display) -> Error {
+        self.suspect.store(true, Ordering::Release);
+        unavailable(e)
+    }
+
     /// Fault injection for tests: caps the database file at `pages` pages (`PRAGMA
     /// max_page_count` on the writer connection, and on any it reopens), so that writes fail
     /// with SQLITE_FULL as on a full disk; `None` lifts the cap. A cap below the file's size
@@ -379,7 +404,7 @@ impl Store for SqliteStore {
                 .bind(i64::try_from(room).unwrap_or(i64::MAX))
                 .fetch_all(&self.writer)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.write_error(e))?;
             for row in &rows {
                 let delivery = row_to_delivery(row)?;
                 // A claimed row is delivering; one read back as failed has a draft this relay
@@ -403,7 +428,7 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&self.writer)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -417,7 +442,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&self.writer)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -441,7 +466,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&self.writer)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -464,7 +489,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&self.writer)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -479,7 +504,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&self.writer)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -494,7 +519,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&self.writer)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
@@ -525,12 +550,12 @@ impl Store for SqliteStore {
     }
 
     async fn retry(&self, id: &str, now: DateTime<Utc>) -> Result<Option<State>> {
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let mut tx = self.writer.begin().await.map_err(|e| self.write_error(e))?;
         let state: Option<String> = sqlx::query_scalar("SELECT state FROM deliveries WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.write_error(e))?;
         let Some(state) = state.as_deref().and_then(State::parse) else {
             return Ok(None);
         };
@@ -544,9 +569,9 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.write_error(e))?;
         }
-        tx.commit().await.map_err(unavailable)?;
+        tx.commit().await.map_err(|e| self.write_error(e))?;
         Ok(Some(state))
     }
 
@@ -581,31 +606,31 @@ impl Store for SqliteStore {
         .bind(before)
         .execute(&self.writer)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| self.write_error(e))?;
         let dedup = sqlx::query("DELETE FROM dedup WHERE created_at < ?")
             .bind(before)
             .execute(&self.writer)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.write_error(e))?;
         Ok(deliveries.rows_affected() + dedup.rows_affected())
     }
 
     async fn probe_write(&self) -> Result<()> {
         let (id, padding) = super::sql::probe_row();
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let mut tx = self.writer.begin().await.map_err(|e| self.write_error(e))?;
         sqlx::query(super::sql::PROBE_INSERT)
             .bind(&id)
             .bind(&padding)
             .bind(ms(Utc::now()))
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.write_error(e))?;
         sqlx::query(super::sql::PROBE_DELETE)
             .bind(&id)
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+            .map_err(|e| self.write_error(e))?;
+        tx.commit().await.map_err(|e| self.write_error(e))
     }
 
     fn problem(&self) -> Option<String> {
@@ -631,7 +656,12 @@ impl Store for SqliteStore {
         }
         let kept =
             super::digest_sql::sqlite::add_event(&self.writer, &new, dedup_window, max_queued)
-                .await?;
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, Error::Unavailable(_)) {
+                        self.suspect.store(true, Ordering::Release);
+                    }
+                })?;
         match self.watch.vanished() {
             Some(reason) => Err(Error::Unavailable(reason)),
             None => Ok(kept),
@@ -653,7 +683,13 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         build: DigestBuilder<'_>,
     ) -> Result<Option<ClosedDigest>> {
-        super::digest_sql::sqlite::close(&self.writer, route, period_end, now, build).await
+        super::digest_sql::sqlite::close(&self.writer, route, period_end, now, build)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, Error::Unavailable(_)) {
+                    self.suspect.store(true, Ordering::Release);
+                }
+            })
     }
 
     async fn hold(

@@ -255,6 +255,12 @@ async fn failing_writes_are_counted_and_readiness_recovers_by_itself() {
     let (_, refused) = intake(&store, 0, 30).await;
     assert!(refused > 0, "the page cap never made a write fail");
     assert_eq!(store.problem().as_deref(), Some("database or disk is full"));
+    // A claim succeeds on a full store (it adds nothing): readiness must not flicker back.
+    store
+        .claim(Utc::now(), 10, WINDOW)
+        .await
+        .expect("claim on a full store");
+    assert_eq!(store.problem().as_deref(), Some("database or disk is full"));
     let text = metrics.encode();
     assert!(
         metric_value(
@@ -631,6 +637,11 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
     execute(raw_delivery("garbage", r#"{"v":1,"app":5}"#)).await;
     execute(raw_delivery("future", r#"{"v":99,"app":"default"}"#)).await;
     execute(raw_digest_event("old-event", PREVIOUS_EVENT)).await;
+    execute(raw_digest_event(
+        "bad-event",
+        r#"{"v":1,"event":{"type":"nope"}}"#,
+    ))
+    .await;
 
     let old = store.get("old").await.expect("get").expect("stored");
     assert_eq!(old.state, State::Queued);
@@ -665,6 +676,40 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
         panic!("not the standup");
     };
     assert_eq!(standup.done, ["item 1"]);
+
+    // Making the digest folds the readable event; the unreadable one becomes a failed
+    // delivery with its reason, and does not stop the digest.
+    let folded = std::sync::Mutex::new(0);
+    let build = |events: &[dingtalk_relay::store::DigestEvent], _| {
+        *folded.lock().unwrap() = events.len();
+        Ok(Vec::new())
+    };
+    let closed = store
+        .close_digest(
+            "daily",
+            Utc::now() + chrono::Duration::seconds(1),
+            Utc::now(),
+            &build,
+        )
+        .await
+        .expect("close")
+        .expect("made");
+    assert_eq!((closed.events, *folded.lock().unwrap()), (1, 1));
+    let bad = store
+        .get("bad-event")
+        .await
+        .expect("get")
+        .expect("kept as a delivery");
+    assert_eq!(bad.state, State::Failed);
+    let reason = bad.last_error.expect("a reason").errmsg;
+    assert!(reason.starts_with("undecodable: event: "), "{reason}");
+    assert!(
+        store
+            .digest_events("daily")
+            .await
+            .expect("events")
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -712,6 +757,16 @@ async fn postgres_reads_previous_stored_forms_and_fails_undecodable_rows() {
     drop_database(&url, &database).await;
 }
 
+/// Kills the relay process when the test ends, also when an assertion fails first.
+struct Running(crate::process::Relay);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
 /// The real binary on a nearly full filesystem (root only: a small tmpfs): webhooks that
 /// cannot be committed get 503 and readiness says the disk is full; once space is freed
 /// intake and readiness recover by themselves; after a clean SIGTERM and restart every
@@ -736,13 +791,13 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
         yaml.replace("  max_queued:", "  min_free_bytes: 0\n  max_queued:"),
     )
     .unwrap();
-    let mut relay = start_relay(&config);
+    let mut relay = Running(start_relay(&config));
     let http = reqwest::Client::new();
     let ready = async |admin: &str| {
         let response = http.get(format!("{admin}/readyz")).send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     };
-    assert_eq!(ready(&relay.admin_address).await.0, 200);
+    assert_eq!(ready(&relay.0.admin_address).await.0, 200);
 
     // Leave about 200 KB free.
     let fs = rustix::fs::statvfs(tmpfs.dir.path()).expect("statvfs");
@@ -762,7 +817,8 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
     let mut refused = 0;
     let mut n = 0;
     while refused < 20 && n < 5000 {
-        let answers = futures::future::join_all((n..n + 8).map(|n| post(&relay.address, n))).await;
+        let answers =
+            futures::future::join_all((n..n + 8).map(|n| post(&relay.0.address, n))).await;
         for (i, answer) in answers.into_iter().enumerate() {
             match answer.status().as_u16() {
                 202 => {
@@ -779,13 +835,13 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
         n += 8;
     }
     assert!(refused >= 20, "the disk never filled ({n} webhooks)");
-    let (status, body) = ready(&relay.admin_address).await;
+    let (status, body) = ready(&relay.0.admin_address).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("full"), "{body}");
 
     // Space freed: readiness and intake come back by themselves.
     std::fs::remove_file(&filler).unwrap();
-    let admin = relay.admin_address.clone();
+    let admin = relay.0.admin_address.clone();
     assert!(
         poll_until(Duration::from_secs(15), || async {
             ready(&admin).await.0 == 200
@@ -794,24 +850,99 @@ async fn the_binary_on_a_full_disk_keeps_every_202() {
         "readiness never recovered"
     );
     for m in n..n + 20 {
-        let answer = post(&relay.address, m).await;
+        let answer = post(&relay.0.address, m).await;
         assert_eq!(answer.status(), 202, "intake did not resume");
         let body: Value = answer.json().await.unwrap();
         accepted.insert(m, body["delivery_id"].as_str().unwrap().to_owned());
     }
 
     // A clean stop and a restart: every 202 is delivered, once.
-    let pid = relay.child.id().to_string();
+    let pid = relay.0.child.id().to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(status.success());
-    let _ = relay.child.wait();
-    let mut relay = start_relay(&config);
-    let all_done = all_delivered(&http, &relay.admin_address, accepted.values()).await;
-    relay.child.kill().ok();
-    let _ = relay.child.wait();
+    let _ = relay.0.child.wait();
+    let mut relay = Running(start_relay(&config));
+    let all_done = all_delivered(&http, &relay.0.admin_address, accepted.values()).await;
+    relay.0.child.kill().ok();
+    let _ = relay.0.child.wait();
     assert!(all_done, "not every accepted webhook was delivered");
     assert_each_reported_once(&fake, accepted.keys());
+}
+
+/// Sets or clears the immutable attribute of the database and its WAL (root only, on a
+/// filesystem that has it); `false` when it could not. Not the `-shm` file: SQLite maps it
+/// into memory, and a write to an immutable mapping is SIGBUS for the whole process.
+fn immutable(dir: &std::path::Path, on: bool) -> bool {
+    let flag = if on { "+i" } else { "-i" };
+    ["relay.db", "relay.db-wal"].iter().all(|file| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(dir.join(file))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The database files made read-only under the running relay (`chattr +i`: SQLite's writes
+/// fail with an I/O error, the case the issue found): webhooks get 503, readiness flips, and
+/// both recover when the files are writable again; every 202 survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::print_stderr, reason = "the skip has to be visible")]
+async fn read_only_database_files_answer_503_and_recover() {
+    use std::os::unix::fs::MetadataExt;
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        eprintln!("skipped: the read-only database test needs root for chattr +i");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fake, base_url) = FakeDingTalk::spawn(FakeOptions::default())
+        .await
+        .expect("fake DingTalk starts");
+    let app = sqlite_app_on(dir.path(), |yaml| yaml, fake.clone(), &base_url).await;
+    let mut accepted = vec![app.accept(&job_status_n(0)).await];
+    if !immutable(dir.path(), true) {
+        immutable(dir.path(), false);
+        eprintln!("skipped: chattr +i is not supported where the test's tempdir is");
+        app.stop().await;
+        return;
+    }
+    let mut refused = 0;
+    for n in 1..21 {
+        let response = app.post_hook("ci", &job_status_n(n)).await;
+        match response.status().as_u16() {
+            202 => accepted.push(
+                response.json::<Value>().await.unwrap()["delivery_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+            503 => refused += 1,
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    let (status, body) = readiness(&app).await;
+    immutable(dir.path(), false);
+    assert!(refused > 0, "no write failed on immutable files");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        poll_until(Duration::from_secs(15), || async {
+            readiness(&app).await.0 == 200
+        })
+        .await,
+        "readiness never recovered: {:?}",
+        readiness(&app).await
+    );
+    for n in 100..110 {
+        accepted.push(app.accept(&job_status_n(n)).await);
+    }
+    app.stop().await;
+    let app = sqlite_app_on(dir.path(), |yaml| yaml, fake, &base_url).await;
+    for id in &accepted {
+        app.wait_for_state(id, "delivered").await;
+    }
+    app.stop().await;
 }
