@@ -60,7 +60,7 @@ pub async fn check_config(
             lines: Vec::new(),
         },
     })?;
-    let mut checked = Vec::new();
+    let mut checked: Vec<String> = Vec::new();
     // The stand-in lives until the end of the check.
     let mut _sandbox = None;
     if sandbox {
@@ -76,7 +76,7 @@ pub async fn check_config(
             "templates do not fit the configuration",
             template_problems(&settings, &client, false).await,
         )?;
-        checked.push("templates checked against the sandbox's 日报");
+        checked.push("templates checked against the sandbox's 日报".to_owned());
     }
     if online && !sandbox {
         let client =
@@ -84,7 +84,24 @@ pub async fn check_config(
         let mut problems = credential_problems(&settings, &client).await;
         problems.extend(template_problems(&settings, &client, true).await);
         Problems::check("DingTalk check failed", problems)?;
-        checked.push("tokens and templates checked against DingTalk");
+        let apps: std::collections::BTreeSet<&str> =
+            settings.routes.values().map(|r| r.app.as_str()).collect();
+        let by_id = settings
+            .routes
+            .values()
+            .filter(|r| dingtalk::template_from_config(&r.template).is_some())
+            .count();
+        // Say exactly what was asked of DingTalk: templates given by id need no lookup.
+        checked.push(format!(
+            "tokens of {} app(s) and {} template(s) checked against DingTalk{}",
+            apps.len(),
+            settings.routes.len() - by_id,
+            if by_id > 0 {
+                format!(" ({by_id} given by id, checked offline)")
+            } else {
+                String::new()
+            }
+        ));
     }
     Ok(format!(
         "configuration is valid: {} route(s), {} app(s){}",

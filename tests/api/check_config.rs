@@ -204,7 +204,7 @@ async fn online_exits_non_zero_when_dingtalk_is_unreachable_or_refuses_the_crede
     assert_eq!(good.code, Some(0), "{}", good.stderr);
     assert!(
         good.stdout
-            .contains("tokens and templates checked against DingTalk"),
+            .contains("tokens of 1 app(s) and 1 template(s) checked against DingTalk"),
         "{}",
         good.stdout
     );
