@@ -20,6 +20,12 @@ use crate::store::DigestEvent;
 /// Every problem is listed, each naming its key path.
 pub fn load_checked(file: Option<&Path>, mode: Mode) -> Result<(Settings, Mapper), ConfigError> {
     let settings = Settings::load(file)?;
+    check_loaded(settings, mode)
+}
+
+/// [`load_checked`] for settings already loaded (and, for the sandbox, pointed at it first, as
+/// `serve --sandbox` does before it validates).
+fn check_loaded(settings: Settings, mode: Mode) -> Result<(Settings, Mapper), ConfigError> {
     let mut issues = settings.issues(mode);
     match Mapper::new(&settings) {
         Ok(mapper) if issues.is_empty() => return Ok((settings, mapper)),
@@ -50,7 +56,7 @@ pub async fn check_config(
     } else {
         Mode::Production
     };
-    let (mut settings, _) = load_checked(file, mode).map_err(|e| match e {
+    let as_problems = |e: ConfigError| match e {
         ConfigError::Invalid(issues) => Problems {
             headline: "configuration is invalid".to_owned(),
             lines: issues.iter().map(ToString::to_string).collect(),
@@ -59,17 +65,22 @@ pub async fn check_config(
             headline: other.to_string(),
             lines: Vec::new(),
         },
-    })?;
+    };
+    let mut settings = Settings::load(file).map_err(as_problems)?;
     let mut checked: Vec<String> = Vec::new();
     // The stand-in lives until the end of the check.
     let mut _sandbox = None;
     if sandbox {
+        // As `serve --sandbox`: pointed at the stand-in first, then validated.
         let options = FakeOptions::default();
         let (fake, base_url) = FakeDingTalk::spawn(options.clone())
             .await
             .context("starting the sandbox DingTalk")?;
         crate::startup::use_sandbox(&mut settings, &base_url, &options);
         _sandbox = Some(fake);
+    }
+    let (settings, _) = check_loaded(settings, mode).map_err(as_problems)?;
+    if sandbox {
         let client =
             DingTalkClient::new(&settings.dingtalk, Metrics::new()).map_err(|e| anyhow!("{e}"))?;
         Problems::check(
