@@ -20,6 +20,12 @@ use crate::store::DigestEvent;
 /// Every problem is listed, each naming its key path.
 pub fn load_checked(file: Option<&Path>, mode: Mode) -> Result<(Settings, Mapper), ConfigError> {
     let settings = Settings::load(file)?;
+    check_loaded(settings, mode)
+}
+
+/// [`load_checked`] for settings already loaded (and, for the sandbox, pointed at it first, as
+/// `serve --sandbox` does before it validates).
+fn check_loaded(settings: Settings, mode: Mode) -> Result<(Settings, Mapper), ConfigError> {
     let mut issues = settings.issues(mode);
     match Mapper::new(&settings) {
         Ok(mapper) if issues.is_empty() => return Ok((settings, mapper)),
@@ -50,7 +56,7 @@ pub async fn check_config(
     } else {
         Mode::Production
     };
-    let (mut settings, _) = load_checked(file, mode).map_err(|e| match e {
+    let as_problems = |e: ConfigError| match e {
         ConfigError::Invalid(issues) => Problems {
             headline: "configuration is invalid".to_owned(),
             lines: issues.iter().map(ToString::to_string).collect(),
@@ -59,24 +65,29 @@ pub async fn check_config(
             headline: other.to_string(),
             lines: Vec::new(),
         },
-    })?;
-    let mut checked = Vec::new();
+    };
+    let mut settings = Settings::load(file).map_err(as_problems)?;
+    let mut checked: Vec<String> = Vec::new();
     // The stand-in lives until the end of the check.
     let mut _sandbox = None;
     if sandbox {
+        // As `serve --sandbox`: pointed at the stand-in first, then validated.
         let options = FakeOptions::default();
         let (fake, base_url) = FakeDingTalk::spawn(options.clone())
             .await
             .context("starting the sandbox DingTalk")?;
         crate::startup::use_sandbox(&mut settings, &base_url, &options);
         _sandbox = Some(fake);
+    }
+    let (settings, _) = check_loaded(settings, mode).map_err(as_problems)?;
+    if sandbox {
         let client =
             DingTalkClient::new(&settings.dingtalk, Metrics::new()).map_err(|e| anyhow!("{e}"))?;
         Problems::check(
             "templates do not fit the configuration",
             template_problems(&settings, &client, false).await,
         )?;
-        checked.push("templates checked against the sandbox's 日报");
+        checked.push("templates checked against the sandbox's 日报".to_owned());
     }
     if online && !sandbox {
         let client =
@@ -84,7 +95,24 @@ pub async fn check_config(
         let mut problems = credential_problems(&settings, &client).await;
         problems.extend(template_problems(&settings, &client, true).await);
         Problems::check("DingTalk check failed", problems)?;
-        checked.push("tokens and templates checked against DingTalk");
+        let apps: std::collections::BTreeSet<&str> =
+            settings.routes.values().map(|r| r.app.as_str()).collect();
+        let by_id = settings
+            .routes
+            .values()
+            .filter(|r| dingtalk::template_from_config(&r.template).is_some())
+            .count();
+        // Say exactly what was asked of DingTalk: templates given by id need no lookup.
+        checked.push(format!(
+            "tokens of {} app(s) and {} template(s) checked against DingTalk{}",
+            apps.len(),
+            settings.routes.len() - by_id,
+            if by_id > 0 {
+                format!(" ({by_id} given by id, checked offline)")
+            } else {
+                String::new()
+            }
+        ));
     }
     let warnings: String = settings
         .warnings()

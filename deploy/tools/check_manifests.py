@@ -43,6 +43,13 @@ def main() -> int:
     with open(os.path.join(DEPLOY, "prometheus", "alerts.yaml")) as f:
         alerts = yaml.safe_load(f)
 
+    # Every object, the overlay's and the monitoring component's too, carries the name label, so
+    # that the runbook's `kubectl get … -l app.kubernetes.io/name=dingtalk-relay` finds it.
+    for o in objs:
+        labels = o["metadata"].get("labels") or {}
+        check(labels.get("app.kubernetes.io/name") == "dingtalk-relay",
+              f"{o['kind']} {o['metadata']['name']} lacks app.kubernetes.io/name=dingtalk-relay")
+
     namespaces = {o["metadata"].get("namespace") for o in objs}
     check(namespaces == {"dingtalk-relay"}, f"objects not all in one namespace: {namespaces}")
 

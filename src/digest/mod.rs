@@ -120,7 +120,11 @@ async fn check(
         }
         let late = (now - period_end).to_std().unwrap_or_default();
         if late > digest.grace {
-            tracing::warn!(route = %name, %period_end, grace = %humantime::format_duration(digest.grace), "digest missed (the relay was down); its events go into the next one");
+            if missed(state, name, period_end).await {
+                tracing::warn!(route = %name, %period_end, grace = %humantime::format_duration(digest.grace), "digest missed (the relay was down); its events go into the next one");
+            } else {
+                tracing::debug!(route = %name, %period_end, "scheduled time passed before the route had a digest or events; nothing missed");
+            }
             handled.insert(key);
             continue;
         }
@@ -181,6 +185,22 @@ async fn check(
         }
     }
     made
+}
+
+/// Whether the digest of `route` at `period_end`, too late to send now, was really missed:
+/// not made already (by another replica), and the route had a digest before or events from
+/// before that time. A brand-new install (or a route just added) has neither, so its first
+/// start after a scheduled time is not "the relay was down". A store error counts as missed.
+pub async fn missed(state: &AppState, route: &str, period_end: DateTime<Utc>) -> bool {
+    match state.store.last_digest(route).await {
+        Ok(Some(last)) => return last < period_end,
+        Ok(None) => {}
+        Err(_) => return true,
+    }
+    match state.store.digest_events(route).await {
+        Ok(events) => events.iter().any(|e| e.received_at < period_end),
+        Err(_) => true,
+    }
 }
 
 /// Longest sleep between two checks, so that a configuration reload or a clock step is

@@ -204,7 +204,7 @@ async fn online_exits_non_zero_when_dingtalk_is_unreachable_or_refuses_the_crede
     assert_eq!(good.code, Some(0), "{}", good.stderr);
     assert!(
         good.stdout
-            .contains("tokens and templates checked against DingTalk"),
+            .contains("tokens of 1 app(s) and 1 template(s) checked against DingTalk"),
         "{}",
         good.stdout
     );
@@ -292,6 +292,30 @@ async fn check_config_sandbox_refuses_exactly_what_serve_sandbox_refuses() {
             "{stderr}"
         );
     }
+
+    // And both accept what the sandbox makes irrelevant: a base_url it replaces.
+    let elsewhere = write(
+        dir.path(),
+        "elsewhere.yaml",
+        &SMALL.replace(
+            "dingtalk:\n",
+            "dingtalk:\n  base_url: \"ftp://not-dingtalk\"\n",
+        ),
+    );
+    let checked = run(&["check-config", "--sandbox"], &elsewhere, &env).await;
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    let production = run(&["check-config"], &elsewhere, &env).await;
+    assert!(
+        production.stderr.contains("dingtalk.base_url"),
+        "outside the sandbox it matters: {}",
+        production.stderr
+    );
+    let mut env = env.to_vec();
+    env.push(("DINGTALK_RELAY__LOG__FORMAT", "json"));
+    let relay = start_relay_with(&elsewhere, &["--sandbox"], &env);
+    let mut child = relay.child;
+    child.kill().ok();
+    let _ = child.wait();
 }
 
 #[tokio::test]

@@ -455,5 +455,31 @@ async fn kept_events_are_bounded_and_cut() {
             dingtalk_relay::mapping::MAX_CONTENT_CHARS
         );
     }
+}
+
+/// A brand-new install (no digest yet, no events) that starts after a scheduled time has missed
+/// nothing, so it does not warn "digest missed (the relay was down)"; with events from before
+/// the time, or a digest before it, it has; once the digest is made, it has not.
+#[tokio::test]
+async fn a_brand_new_install_has_missed_no_digest() {
+    let app = spawn_app_with(config("route", "")).await;
+    let at = next_digest(&app);
+    let before = at - chrono::Duration::days(1);
+    assert!(
+        !digest::missed(&app.state, "daily", before).await,
+        "nothing to miss yet"
+    );
+    assert!(!digest::missed(&app.state, "daily", at).await);
+    // An event kept before `at`: a relay down at `at` would miss it.
+    keep(&app, &run("build", "failure", "octocat", 1)).await;
+    assert!(digest::missed(&app.state, "daily", at).await);
+    assert!(
+        !digest::missed(&app.state, "daily", before).await,
+        "the event came after the earlier time"
+    );
+    // Made at `at`: not missed, and the day after, with a digest before it, missed.
+    assert_eq!(digest::make_due(&app.state, at).await.len(), 1);
+    assert!(!digest::missed(&app.state, "daily", at).await);
+    assert!(digest::missed(&app.state, "daily", at + chrono::Duration::days(1)).await);
     app.stop().await;
 }

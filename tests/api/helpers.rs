@@ -353,7 +353,10 @@ pub const POSTGRES_URL_VAR: &str = "DINGTALK_RELAY_TEST_POSTGRES_URL";
 /// `DINGTALK_RELAY_TEST_POSTGRES_URL` is unset.
 pub async fn fresh_postgres_database(what: &str) -> Option<(String, String, String)> {
     use sqlx::Connection;
-    let Ok(url) = std::env::var(POSTGRES_URL_VAR) else {
+    let Some(url) = std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
         report_skip(&format!(
             "{what} needs PostgreSQL ({POSTGRES_URL_VAR} is not set)"
         ));

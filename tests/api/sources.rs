@@ -462,3 +462,148 @@ fn every_fixture_source_has_its_licence() {
         assert!(payloads > 0, "{:?} has no payloads", source.file_name());
     }
 }
+
+// === the examples a user can run ===
+
+/// Splits one command line of the examples' README: words, `'single quoted'` ones whole.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+/// Every `dingtalk-relay render` command in examples/README.md and docs/sources/*.md, run as
+/// written from the repository root, prints a report.
+#[test]
+fn every_example_command_renders_a_report() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut documents = vec![root.join("examples/README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs/sources"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    docs.sort();
+    documents.extend(docs);
+    let mut commands = Vec::new();
+    for document in &documents {
+        let text = std::fs::read_to_string(document).unwrap();
+        let found: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("dingtalk-relay render "))
+            .map(str::to_owned)
+            .collect();
+        assert!(!found.is_empty(), "{} has no example", document.display());
+        commands.extend(found);
+    }
+    let routes: std::collections::BTreeSet<String> = commands
+        .iter()
+        .filter_map(|c| {
+            let words = shell_words(c);
+            let at = words.iter().position(|w| w == "--route")?;
+            words.get(at + 1).cloned()
+        })
+        .collect();
+    assert_eq!(
+        routes.len(),
+        11,
+        "one per CI system and generic: {routes:?}"
+    );
+    for command in &commands {
+        let words = shell_words(command);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dingtalk-relay"))
+            .args(&words[1..])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{command}\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let rendered: Value = serde_json::from_str(&stdout).unwrap();
+        let contents = rendered["create_report_param"]["contents"].as_array();
+        assert!(
+            contents.is_some_and(|c| !c.is_empty()),
+            "{command}: no report\n{stdout}"
+        );
+    }
+}
+
+/// examples/post-job-status.sh (what the GitHub Actions and Jenkins examples run) posts a
+/// job_status the relay verifies and reports; a wrong secret is refused and the script fails.
+#[tokio::test]
+async fn the_example_script_posts_a_signed_job_status() {
+    let app = spawn_app().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/post-job-status.sh");
+    let run = |secret: &'static str| {
+        tokio::process::Command::new("bash")
+            .arg(script)
+            .env("RELAY_URL", format!("{}/v1/hooks/ci", app.address))
+            .env("RELAY_SECRET", secret)
+            .env("JOB", "build")
+            .env("STATUS", "failure")
+            .env("PROJECT", "acme/api")
+            .env("PIPELINE", "CI \"nightly\"")
+            .env("BRANCH", "main")
+            .env("COMMIT", "9f2c1e7a")
+            .env("RUN_URL", "https://ci.example.com/runs/9")
+            .env("RUN_ID", "9")
+            .env("ACTOR", "octocat")
+            .output()
+    };
+    let posted = run(ROUTE_SECRET).await.expect("bash runs the script");
+    let stdout = String::from_utf8_lossy(&posted.stdout).into_owned();
+    assert!(
+        posted.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&posted.stderr)
+    );
+    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer["status"], "queued", "{answer}");
+    let id = answer["delivery_id"].as_str().unwrap().to_owned();
+    app.wait_for_state(&id, "delivered").await;
+    let report = &app.fake.reports()[0];
+    let text = serde_json::to_string(&report.contents).unwrap();
+    assert!(
+        text.contains("acme/api") && text.contains("nightly"),
+        "{text}"
+    );
+    // Again: the Idempotency-Key makes it a duplicate.
+    let again = run(ROUTE_SECRET).await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("duplicate"));
+    // A wrong secret: 401, and the script says so.
+    let refused = run("not-the-secret").await.unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("HTTP 401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(app.fake.reports().len(), 1);
+    app.stop().await;
+}
