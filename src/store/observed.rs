@@ -175,7 +175,7 @@ impl Store for Observed {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let result = self.inner.hold(id, at, reason, now).await;
-        self.note("hold", true, result)
+        self.note("hold", Kind::Write, result)
     }
 
     // The quota ledger is the inner store's own (its counting is best effort: a failed count
