@@ -2289,10 +2289,7 @@ routes:
             "app-from-file"
         );
         assert_eq!(expose(&s.routes["ci"].secret), "route-from-file");
-        assert_eq!(
-            expose(&s.server.admin_token),
-            "token-from-file-0123456789"
-        );
+        assert_eq!(expose(&s.server.admin_token), "token-from-file-0123456789");
         assert!(
             s.issues(Mode::Production).is_empty(),
             "{:?}",

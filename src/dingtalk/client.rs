@@ -127,13 +127,23 @@ pub(crate) const MAX_LIST_WINDOW_MS: i64 = 180 * 86_400 * 1000;
 /// How far DingTalk's clock and ours may differ, for the windows of report/list.
 const CLOCK_SKEW_MS: i64 = 60_000;
 
-/// The report/list query window for a create sent at `sent_ms`, asked at `now_ms`: from a
-/// clock skew before the send to a skew after now, never longer than DingTalk's 180 days
-/// (the report, if any, was made within seconds of the send).
-pub(crate) fn list_window(sent_ms: i64, now_ms: i64) -> (i64, i64) {
+/// How long after an attempt's end a report it made is still looked for: DingTalk commits a
+/// create within seconds, but a gateway may hold an answer (and the commit) well beyond our
+/// timeout. Generous, and still far narrower than "until now" after a restart hours later.
+const LATE_COMMIT_MS: i64 = 10 * 60_000;
+
+/// The report/list query window for a create sent at `sent_ms`, asked at `now_ms`, whose
+/// attempt took at most `attempt_ms`: from a clock skew before the send to a skew after now,
+/// but no later than [`LATE_COMMIT_MS`] after the attempt (every listed page is a metered
+/// call), and never longer than DingTalk's 180 days.
+pub(crate) fn list_window(sent_ms: i64, now_ms: i64, attempt_ms: i64) -> (i64, i64) {
     let start = sent_ms.saturating_sub(CLOCK_SKEW_MS);
+    let latest = sent_ms
+        .saturating_add(attempt_ms)
+        .saturating_add(LATE_COMMIT_MS);
     let end = now_ms
         .saturating_add(CLOCK_SKEW_MS)
+        .min(latest)
         .min(start.saturating_add(MAX_LIST_WINDOW_MS))
         .max(start);
     (start, end)
@@ -356,10 +366,14 @@ impl DingTalkClient {
         param: &CreateReportParam,
         sent_ms: i64,
     ) -> Result<Reconciliation> {
-        let (start_ms, end_ms) = list_window(sent_ms, chrono::Utc::now().timestamp_millis());
         // The create was made between the send and the end of the attempt (two calls at
         // most, one after a token refresh), give or take the clocks' skew.
         let timeout_ms = i64::try_from(self.inner.timeout.as_millis()).unwrap_or(i64::MAX);
+        let (start_ms, end_ms) = list_window(
+            sent_ms,
+            chrono::Utc::now().timestamp_millis(),
+            timeout_ms.saturating_mul(2),
+        );
         let attempt_end_ms = sent_ms
             .saturating_add(timeout_ms.saturating_mul(2))
             .saturating_add(CLOCK_SKEW_MS);
@@ -1030,15 +1044,21 @@ mod tests {
     #[test]
     fn the_list_window_stays_inside_180_days() {
         let day = 86_400_000;
+        let attempt = 20_000;
         assert_eq!(
-            list_window(1_000 * day, 1_000 * day),
+            list_window(1_000 * day, 1_000 * day, attempt),
             (1_000 * day - 60_000, 1_000 * day + 60_000)
         );
-        let (start, end) = list_window(0, 400 * day);
+        // Asked long after the send (a restart hours later): the window still ends shortly
+        // after the attempt, so the author's later reports are not paged through.
+        let (start, end) = list_window(0, 400 * day, attempt);
         assert_eq!(start, -60_000);
+        assert_eq!(end, attempt + LATE_COMMIT_MS);
+        // Never longer than DingTalk's 180 days, whatever the attempt took.
+        let (start, end) = list_window(0, 400 * day, i64::MAX);
         assert_eq!(end - start, MAX_LIST_WINDOW_MS);
         // A clock that went backwards never makes an inverted window.
-        let (start, end) = list_window(10 * day, 0);
+        let (start, end) = list_window(10 * day, 0, attempt);
         assert!(end >= start);
     }
 
