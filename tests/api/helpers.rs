@@ -350,7 +350,7 @@ pub const POSTGRES_URL_VAR: &str = "DINGTALK_RELAY_TEST_POSTGRES_URL";
 
 /// A fresh database on the test PostgreSQL server, as `(server url, database name, database
 /// url)`, or `None` (with a `SKIPPED` line on the terminal) when
-/// `DINGTALK_RELAY_TEST_POSTGRES_URL` is unset.
+/// `DINGTALK_RELAY_TEST_POSTGRES_URL` is unset or empty.
 pub async fn fresh_postgres_database(what: &str) -> Option<(String, String, String)> {
     use sqlx::Connection;
     let Some(url) = std::env::var(POSTGRES_URL_VAR)
@@ -358,7 +358,7 @@ pub async fn fresh_postgres_database(what: &str) -> Option<(String, String, Stri
         .filter(|u| !u.trim().is_empty())
     else {
         report_skip(&format!(
-            "{what} needs PostgreSQL ({POSTGRES_URL_VAR} is not set)"
+            "{what} needs PostgreSQL ({POSTGRES_URL_VAR} is not set or empty)"
         ));
         return None;
     };
