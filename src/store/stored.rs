@@ -209,3 +209,70 @@ pub(super) fn decode_event(text: &str) -> Result<Event, String> {
         serde_json::from_value(value).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::sources::{JobStatus, Phase, Standup, Status};
+
+    /// A job status with every field set.
+    fn full_job() -> Event {
+        Event::JobStatus(JobStatus {
+            job: Some("test".into()),
+            pipeline: Some("ci".into()),
+            status: Some(Status::Other("timed_out".into())),
+            status_raw: Some("timed_out".into()),
+            source: Some("GitHub Actions".into()),
+            phase: Some(Phase::Completed),
+            project: Some("acme/api".into()),
+            run_id: Some("42".into()),
+            branch: Some("main".into()),
+            commit: Some("abc123".into()),
+            commit_message: Some("fix: it".into()),
+            url: Some("https://ci.example/42".into()),
+            actor: Some("octocat".into()),
+            actor_email: Some("octocat@example.com".into()),
+            started_at: Some(Utc.with_ymd_and_hms(2026, 12, 4, 9, 0, 0).unwrap()),
+            finished_at: Some(Utc.with_ymd_and_hms(2026, 12, 4, 9, 5, 30).unwrap()),
+            duration_secs: Some(330),
+            summary: Some("418 tests passed".into()),
+        })
+    }
+
+    fn full_standup() -> Event {
+        Event::Standup(Standup {
+            user: Some("octocat".into()),
+            userid: Some("user01".into()),
+            date: Some("2026-12-04".into()),
+            done: vec!["a".into(), "b".into()],
+            todo: vec!["c".into()],
+            blockers: vec!["d".into()],
+            notes: Some("n".into()),
+        })
+    }
+
+    /// What the version 1 wrapper (the serialised `sources::Event` beside `"v": 1`) wrote for
+    /// [`full_job`] and [`full_standup`], byte for byte.
+    const V1_JOB: &str = r#"{"v":1,"event":{"type":"job_status","job":"test","pipeline":"ci","status":"timed_out","status_raw":"timed_out","source":"GitHub Actions","phase":"completed","project":"acme/api","run_id":"42","branch":"main","commit":"abc123","commit_message":"fix: it","url":"https://ci.example/42","actor":"octocat","actor_email":"octocat@example.com","started_at":"2026-12-04T09:00:00Z","finished_at":"2026-12-04T09:05:30Z","duration_secs":330,"summary":"418 tests passed"}}"#;
+    const V1_STANDUP: &str = r#"{"v":1,"event":{"type":"standup","user":"octocat","userid":"user01","date":"2026-12-04","done":["a","b"],"todo":["c"],"blockers":["d"],"notes":"n"}}"#;
+
+    #[test]
+    fn events_are_encoded_exactly_as_the_version_1_wrapper_wrote_them() {
+        assert_eq!(encode_event(&full_job()).unwrap(), V1_JOB);
+        assert_eq!(encode_event(&full_standup()).unwrap(), V1_STANDUP);
+    }
+
+    #[test]
+    fn version_1_and_unversioned_events_read_back_whole() {
+        assert_eq!(decode_event(V1_JOB).unwrap(), full_job());
+        assert_eq!(decode_event(V1_STANDUP).unwrap(), full_standup());
+        let bare = |wrapped: &str| {
+            let value: serde_json::Value = serde_json::from_str(wrapped).unwrap();
+            value["event"].to_string()
+        };
+        assert_eq!(decode_event(&bare(V1_JOB)).unwrap(), full_job());
+        assert_eq!(decode_event(&bare(V1_STANDUP)).unwrap(), full_standup());
+    }
+}
