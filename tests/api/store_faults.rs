@@ -740,6 +740,28 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
         "the preview shows the readable events"
     );
 
+    let undecodable = store
+        .undecodable_digest_events("daily")
+        .await
+        .expect("undecodable events");
+    let mut shown: Vec<(&str, &str)> = undecodable
+        .iter()
+        .map(|bad| (bad.id.as_str(), bad.reason.as_str()))
+        .collect();
+    shown.sort_unstable();
+    assert_eq!(
+        shown.len(),
+        2,
+        "the preview shows the unreadable events: {shown:?}"
+    );
+    assert_eq!((shown[0].0, shown[1].0), ("bad-event", "future-event"));
+    assert!(
+        shown
+            .iter()
+            .all(|(_, reason)| reason.starts_with("undecodable: event: ")),
+        "{shown:?}"
+    );
+
     // Making the digest folds the readable events; the unreadable one becomes a failed
     // delivery with its reason, and does not stop the digest.
     let folded = std::sync::Mutex::new(Vec::new());
@@ -787,6 +809,14 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
             .await
             .expect("events")
             .is_empty()
+    );
+    assert!(
+        store
+            .undecodable_digest_events("daily")
+            .await
+            .expect("undecodable events")
+            .is_empty(),
+        "made failed deliveries, no longer kept"
     );
 }
 
