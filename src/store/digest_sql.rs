@@ -146,6 +146,7 @@ macro_rules! digest_statements {
                 .collect())
         }
 
+        /// Every event `route` keeps, oldest first: the readable ones and the others apart.
         async fn kept(
             pool: &$pool,
             route: &str,
