@@ -329,6 +329,11 @@ async fn preview_digest(
         .digest_events(&route_name)
         .await
         .map_err(store_error)?;
+    let undecodable = state
+        .store
+        .undecodable_digest_events(&route_name)
+        .await
+        .map_err(store_error)?;
     let last = state
         .store
         .last_digest(&route_name)
@@ -341,6 +346,7 @@ async fn preview_digest(
     Ok(Json(json!({
         "route": route_name,
         "pending_events": events.len(),
+        "undecodable_events": undecodable.iter().map(|bad| json!({"id": bad.id, "reason": bad.reason})).collect::<Vec<_>>(),
         "last_digest_at": last.map(time),
         "next_digest_at": schedule.next_after(now).map(time),
         "reports": reports.iter().map(|r| json!({

@@ -598,11 +598,24 @@ fn digest_preview_schema() -> Value {
     let text_list = json!({"type": "array", "items": {"type": "string"}});
     json!({
         "type": "object",
-        "required": ["route", "pending_events", "last_digest_at", "next_digest_at", "reports"],
+        "required": ["route", "pending_events", "undecodable_events", "last_digest_at", "next_digest_at", "reports"],
         "additionalProperties": false,
         "properties": {
             "route": {"type": "string"},
             "pending_events": {"type": "integer", "minimum": 0},
+            "undecodable_events": {
+                "type": "array",
+                "description": "Kept events this relay cannot read: left out of the reports, and made `failed` deliveries with the same id and reason when the digest is made.",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "reason"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "id": {"type": "string"},
+                        "reason": {"type": "string", "description": "`undecodable: event: …`"},
+                    },
+                },
+            },
             "last_digest_at": time_schema("The scheduled time of the previous digest.", true),
             "next_digest_at": time_schema("When the next digest is due.", true),
             "reports": {"type": "array", "items": {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::sql::{DIGEST_COLUMNS, decode_digest_rows, from_ms, millis, ms, unavailable};
+use super::sql::{
+    DIGEST_COLUMNS, UndecodableEvent, decode_digest_rows, from_ms, millis, ms, unavailable,
+};
 use super::{ClosedDigest, DigestBuilder, Enqueued, Error, NewDigestEvent, Result};
 
 /// Writes the functions for one backend: `$pool` its pool type, `$conn` its connection type,
@@ -124,6 +126,31 @@ macro_rules! digest_statements {
 
         /// The events `route` keeps, oldest first.
         pub(crate) async fn events(pool: &$pool, route: &str) -> Result<Vec<crate::store::DigestEvent>> {
+            // The unreadable ones become failed deliveries when the digest is made.
+            Ok(kept(pool, route).await?.0)
+        }
+
+        /// The events `route` keeps that cannot be read, oldest first.
+        pub(crate) async fn undecodable(
+            pool: &$pool,
+            route: &str,
+        ) -> Result<Vec<crate::store::UndecodableDigestEvent>> {
+            Ok(kept(pool, route)
+                .await?
+                .1
+                .into_iter()
+                .map(|bad| crate::store::UndecodableDigestEvent {
+                    id: bad.id,
+                    reason: bad.reason,
+                })
+                .collect())
+        }
+
+        /// Every event `route` keeps, oldest first: the readable ones and the others apart.
+        async fn kept(
+            pool: &$pool,
+            route: &str,
+        ) -> Result<(Vec<crate::store::DigestEvent>, Vec<UndecodableEvent>)> {
             let p: fn(u8) -> String = $p;
             let rows = sqlx::query(&format!(
                 "SELECT {DIGEST_COLUMNS} FROM digest_events WHERE route = {} ORDER BY received_at, id",
@@ -133,8 +160,7 @@ macro_rules! digest_statements {
             .fetch_all(pool)
             .await
             .map_err(unavailable)?;
-            // The unreadable ones become failed deliveries when the digest is made.
-            Ok(decode_digest_rows(&rows).0)
+            Ok(decode_digest_rows(&rows))
         }
 
         /// Makes the digest (see `Store::close_digest`) in one transaction, committed only

@@ -337,6 +337,14 @@ impl Store for MemoryStore {
         Ok(Enqueued::Queued(new.id))
     }
 
+    async fn undecodable_digest_events(
+        &self,
+        _route: &str,
+    ) -> Result<Vec<super::UndecodableDigestEvent>> {
+        // Kept as values, never encoded: nothing here can be unreadable.
+        Ok(Vec::new())
+    }
+
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
         let mut events: Vec<DigestEvent> = self
             .lock()

@@ -201,6 +201,16 @@ pub struct DigestEvent {
     pub received_at: DateTime<Utc>,
 }
 
+/// A kept digest event this relay cannot read: shown in the digest preview, and made a
+/// `failed` delivery with the same id and reason when its digest is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndecodableDigestEvent {
+    /// Id (the failed delivery's id once the digest is made).
+    pub id: String,
+    /// Why it cannot be read: `undecodable: event: …`.
+    pub reason: String,
+}
+
 /// What closing a digest did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedDigest {
@@ -293,6 +303,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Enqueued>;
     /// The events `route` keeps for its next digest, oldest first.
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>>;
+    /// The events `route` keeps that this relay cannot read (left out of
+    /// [`Store::digest_events`]), oldest first.
+    async fn undecodable_digest_events(&self, route: &str) -> Result<Vec<UndecodableDigestEvent>>;
     /// The scheduled time of `route`'s latest digest.
     async fn last_digest(&self, route: &str) -> Result<Option<DateTime<Utc>>>;
     /// Makes `route`'s digest for the period ending at `period_end`, once: in one transaction

@@ -242,6 +242,14 @@ impl Store for Observed {
         self.note("add_digest_event", added(&result), result)
     }
 
+    async fn undecodable_digest_events(
+        &self,
+        route: &str,
+    ) -> Result<Vec<super::UndecodableDigestEvent>> {
+        let result = self.inner.undecodable_digest_events(route).await;
+        self.note("undecodable_digest_events", Kind::Read, result)
+    }
+
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
         let result = self.inner.digest_events(route).await;
         self.note("digest_events", Kind::Read, result)

@@ -668,6 +668,13 @@ impl Store for PostgresStore {
         super::digest_sql::postgres::add_event(&self.pool, &new, dedup_window, max_queued).await
     }
 
+    async fn undecodable_digest_events(
+        &self,
+        route: &str,
+    ) -> Result<Vec<super::UndecodableDigestEvent>> {
+        super::digest_sql::postgres::undecodable(&self.pool, route).await
+    }
+
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
         super::digest_sql::postgres::events(&self.pool, route).await
     }

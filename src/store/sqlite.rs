@@ -668,6 +668,13 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn undecodable_digest_events(
+        &self,
+        route: &str,
+    ) -> Result<Vec<super::UndecodableDigestEvent>> {
+        super::digest_sql::sqlite::undecodable(&self.reader, route).await
+    }
+
     async fn digest_events(&self, route: &str) -> Result<Vec<DigestEvent>> {
         super::digest_sql::sqlite::events(&self.reader, route).await
     }

@@ -483,3 +483,60 @@ async fn a_brand_new_install_has_missed_no_digest() {
     assert!(digest::missed(&app.state, "daily", at + chrono::Duration::days(1)).await);
     app.stop().await;
 }
+
+/// A kept event this relay cannot read is shown by the preview with its reason and left out
+/// of the reports; when the digest is made it becomes a `failed` delivery (same id, same
+/// reason) in `/v1/deliveries`, and the other events' report is still sent.
+#[tokio::test]
+async fn an_unreadable_kept_event_is_shown_and_does_not_stop_the_digest() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let app = spawn_app_with(TestConfig {
+        store_url: url.clone(),
+        ..config("author", "")
+    })
+    .await;
+    let at = next_digest(&app);
+    keep(&app, &run("build", "success", "octocat", 1)).await;
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO digest_events (id, route, group_key, event, received_at) \
+         VALUES ('unreadable', 'daily', 'dd_octo', '{\"v\":1,\"event\":{\"type\":\"deploy\"}}', ?1)",
+    )
+    .bind(Utc::now().timestamp_millis())
+    .execute(&mut conn)
+    .await
+    .expect("raw insert");
+    drop(conn);
+
+    let preview = pending_digest(&app).await;
+    assert_eq!(preview["pending_events"], 1, "{preview}");
+    assert_eq!(preview["reports"].as_array().map(Vec::len), Some(1));
+    assert_eq!(preview["undecodable_events"][0]["id"], "unreadable");
+    let reason = preview["undecodable_events"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.starts_with("undecodable: event: ") && reason.contains("deploy"),
+        "{preview}"
+    );
+
+    let made = digest::make_due(&app.state, at).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!((made[0].events, made[0].deliveries.len()), (1, 1));
+    wait_for_reports(&app.fake, 1).await;
+    let failed: Value = app
+        .get_admin("/v1/deliveries/unreadable")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["last_error"]["errmsg"], reason, "{failed}");
+    let preview = pending_digest(&app).await;
+    assert_eq!(preview["undecodable_events"], json!([]), "{preview}");
+    app.stop().await;
+}

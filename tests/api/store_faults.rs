@@ -15,6 +15,7 @@ use dingtalk_relay::metrics::Metrics;
 use dingtalk_relay::store::{Enqueued, Error, NewDelivery, Observed, SqliteStore, State, Store};
 
 use dingtalk_relay::sandbox::{FakeDingTalk, FakeOptions};
+use dingtalk_relay::sources::{Event, JobStatus, Phase, Standup, Status};
 use serde_json::Value;
 
 use crate::helpers::{
@@ -608,6 +609,12 @@ const PREVIOUS_DRAFT: &str = r#"{"app":"default","template":{"name":null,"id":"t
 const DRAFT_WITH_A_RETIRED_KEY: &str = r#"{"v":1,"app":"default","template":{"name":"日报","retired_key":true},"author":"manager01","to_userids":["user01"],"to_cids":[],"to_chat":false,"dd_from":"dingtalk-relay","contents":[]}"#;
 /// A digest event as stored before events were versioned (the bare serialised `Event`).
 const PREVIOUS_EVENT: &str = r#"{"type":"standup","user":"octocat","userid":null,"date":null,"done":["item 1"],"todo":[],"blockers":[],"notes":null}"#;
+/// A digest event as the first version 1 writer stored it (the serialised `sources::Event`
+/// beside `"v": 1`).
+const V1_WRAPPED_EVENT: &str = r#"{"v":1,"event":{"type":"job_status","job":"test","pipeline":"ci","status":"timed_out","status_raw":"timed_out","source":"GitHub Actions","phase":"completed","project":"acme/api","run_id":"42","branch":"main","commit":"abc123","commit_message":"fix: it","url":"https://ci.example/42","actor":"octocat","actor_email":"octocat@example.com","started_at":"2026-12-04T09:00:00Z","finished_at":"2026-12-04T09:05:30Z","duration_secs":330,"summary":"418 tests passed"}}"#;
+/// A digest event of a later release that renamed `pipeline` to `workflow` and added a key:
+/// still readable, the renamed field absent.
+const EVENT_WITH_A_RENAMED_KEY: &str = r#"{"v":1,"event":{"type":"job_status","workflow":"ci","colour":"red","project":"acme/web","status":"failure"}}"#;
 
 /// Rows as raw SQL (the same on SQLite and PostgreSQL): `id`, `draft`, due now.
 fn raw_delivery(id: &str, draft: &str) -> String {
@@ -637,9 +644,16 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
     execute(raw_delivery("garbage", r#"{"v":1,"app":5}"#)).await;
     execute(raw_delivery("future", r#"{"v":99,"app":"default"}"#)).await;
     execute(raw_digest_event("old-event", PREVIOUS_EVENT)).await;
+    execute(raw_digest_event("v1-event", V1_WRAPPED_EVENT)).await;
+    execute(raw_digest_event("renamed-event", EVENT_WITH_A_RENAMED_KEY)).await;
     execute(raw_digest_event(
         "bad-event",
         r#"{"v":1,"event":{"type":"nope"}}"#,
+    ))
+    .await;
+    execute(raw_digest_event(
+        "future-event",
+        r#"{"v":2,"event":{"type":"standup"}}"#,
     ))
     .await;
 
@@ -670,18 +684,89 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
     let listed = store.list(Some(State::Failed), 10).await.expect("list");
     assert_eq!(listed.len(), 2, "undecodable rows are stored as failed");
 
-    let events = store.digest_events("daily").await.expect("events");
-    assert_eq!(events.len(), 1);
-    let dingtalk_relay::sources::Event::Standup(standup) = &events[0].event else {
-        panic!("not the standup");
+    let read = |events: &[dingtalk_relay::store::DigestEvent]| -> Vec<(String, Event)> {
+        let mut read: Vec<_> = events
+            .iter()
+            .map(|e| (e.id.clone(), e.event.clone()))
+            .collect();
+        read.sort_by(|a, b| a.0.cmp(&b.0));
+        read
     };
-    assert_eq!(standup.done, ["item 1"]);
+    let expected = vec![
+        (
+            "old-event".to_owned(),
+            Event::Standup(Standup {
+                user: Some("octocat".into()),
+                done: vec!["item 1".into()],
+                ..Standup::default()
+            }),
+        ),
+        (
+            "renamed-event".to_owned(),
+            Event::JobStatus(JobStatus {
+                project: Some("acme/web".into()),
+                status: Some(Status::Failure),
+                ..JobStatus::default()
+            }),
+        ),
+        (
+            "v1-event".to_owned(),
+            Event::JobStatus(JobStatus {
+                job: Some("test".into()),
+                pipeline: Some("ci".into()),
+                status: Some(Status::Other("timed_out".into())),
+                status_raw: Some("timed_out".into()),
+                source: Some("GitHub Actions".into()),
+                phase: Some(Phase::Completed),
+                project: Some("acme/api".into()),
+                run_id: Some("42".into()),
+                branch: Some("main".into()),
+                commit: Some("abc123".into()),
+                commit_message: Some("fix: it".into()),
+                url: Some("https://ci.example/42".into()),
+                actor: Some("octocat".into()),
+                actor_email: Some("octocat@example.com".into()),
+                started_at: Some("2026-12-04T09:00:00Z".parse().expect("time")),
+                finished_at: Some("2026-12-04T09:05:30Z".parse().expect("time")),
+                duration_secs: Some(330),
+                summary: Some("418 tests passed".into()),
+            }),
+        ),
+    ];
+    let events = store.digest_events("daily").await.expect("events");
+    assert_eq!(
+        read(&events),
+        expected,
+        "the preview shows the readable events"
+    );
 
-    // Making the digest folds the readable event; the unreadable one becomes a failed
+    let undecodable = store
+        .undecodable_digest_events("daily")
+        .await
+        .expect("undecodable events");
+    let mut shown: Vec<(&str, &str)> = undecodable
+        .iter()
+        .map(|bad| (bad.id.as_str(), bad.reason.as_str()))
+        .collect();
+    shown.sort_unstable();
+    assert_eq!(
+        shown.len(),
+        2,
+        "the preview shows the unreadable events: {shown:?}"
+    );
+    assert_eq!((shown[0].0, shown[1].0), ("bad-event", "future-event"));
+    assert!(
+        shown
+            .iter()
+            .all(|(_, reason)| reason.starts_with("undecodable: event: ")),
+        "{shown:?}"
+    );
+
+    // Making the digest folds the readable events; the unreadable one becomes a failed
     // delivery with its reason, and does not stop the digest.
-    let folded = std::sync::Mutex::new(0);
+    let folded = std::sync::Mutex::new(Vec::new());
     let build = |events: &[dingtalk_relay::store::DigestEvent], _| {
-        *folded.lock().unwrap() = events.len();
+        *folded.lock().expect("not poisoned") = read(events);
         Ok(Vec::new())
     };
     let closed = store
@@ -694,21 +779,44 @@ async fn stored_forms(store: Arc<dyn Store>, execute: impl AsyncFn(String)) {
         .await
         .expect("close")
         .expect("made");
-    assert_eq!((closed.events, *folded.lock().unwrap()), (1, 1));
-    let bad = store
-        .get("bad-event")
-        .await
-        .expect("get")
-        .expect("kept as a delivery");
-    assert_eq!(bad.state, State::Failed);
-    let reason = bad.last_error.expect("a reason").errmsg;
-    assert!(reason.starts_with("undecodable: event: "), "{reason}");
+    assert_eq!(closed.events, 3);
+    assert_eq!(*folded.lock().expect("not poisoned"), expected);
+    for (id, why) in [
+        ("bad-event", "unknown variant `nope`"),
+        ("future-event", "version 2 is newer"),
+    ] {
+        let bad = store
+            .get(id)
+            .await
+            .expect("get")
+            .expect("kept as a delivery");
+        assert_eq!(bad.state, State::Failed);
+        let reason = bad.last_error.expect("a reason").errmsg;
+        assert!(reason.starts_with("undecodable: event: "), "{reason}");
+        assert!(reason.contains(why), "{reason}");
+    }
+    let failed = store.list(Some(State::Failed), 10).await.expect("list");
+    let mut failed: Vec<&str> = failed.iter().map(|d| d.id.as_str()).collect();
+    failed.sort_unstable();
+    assert_eq!(
+        failed,
+        ["bad-event", "future", "future-event", "garbage"],
+        "what the admin API lists as failed"
+    );
     assert!(
         store
             .digest_events("daily")
             .await
             .expect("events")
             .is_empty()
+    );
+    assert!(
+        store
+            .undecodable_digest_events("daily")
+            .await
+            .expect("undecodable events")
+            .is_empty(),
+        "made failed deliveries, no longer kept"
     );
 }
 
