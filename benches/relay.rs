@@ -601,6 +601,7 @@ async fn store_ceiling(
                 id: uuid::Uuid::now_v7().to_string(),
                 route: "ci".into(),
                 dedup_key,
+                body_key: None,
                 draft,
                 received_at: chrono::Utc::now(),
             };

@@ -119,6 +119,9 @@ const POLL: Duration = Duration::from_secs(1);
 const MARK_DELIVERED_RETRY: Duration = Duration::from_millis(50);
 /// Longest wait between two tries of that write.
 const MARK_DELIVERED_RETRY_MAX: Duration = Duration::from_secs(2);
+/// The least pause after a create whose outcome is unknown, before report/list is asked: long
+/// enough for a slow create to land.
+const AMBIGUOUS_PAUSE: Duration = Duration::from_secs(2);
 /// How often delivered rows and old dedup keys are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -305,8 +308,9 @@ impl Worker {
 
     /// Asks report/list whether the report exists. `None` (or `Undecided`): the delivery
     /// has been settled here — parked as `failed` (`ambiguous`) when the listing cannot
-    /// tell or report/list is refused for good, or queued again (keeping the attempt's
-    /// time, so the next attempt reconciles again) after a transient error.
+    /// tell, report/list is refused for good or kept failing past [`Self::attempt_budget`],
+    /// or held (no attempt spent, keeping the attempt's time, so the next attempt reconciles
+    /// again) after a transient error.
     async fn reconcile(
         &self,
         client: &DingTalkClient,
@@ -327,15 +331,19 @@ impl Worker {
             Ok(Reconciliation::Undecided(why)) => (None, why),
             Ok(found) => return Some(found),
             Err(e) => {
+                // Measured from the create whose outcome is unknown, not from acceptance: a
+                // delivery held for the quota for days is not out of time when it is sent.
+                let age = (Utc::now() - since).to_std().unwrap_or_default();
                 let transient = match e.disposition(true) {
-                    Disposition::Retry => Some(self.backoff(delivery.attempts, e.min_backoff())),
-                    Disposition::Defer(wait) => Some(wait),
+                    Disposition::Retry => Some(self.age_backoff(age, e.min_backoff())),
+                    Disposition::Defer(wait) => Some(wait.max(self.age_backoff(age, None))),
                     _ => None,
                 };
-                let max_attempts = self.delivery_settings().max_attempts;
+                let budget = self.attempt_budget();
                 match transient {
-                    Some(wait) if delivery.attempts < max_attempts => {
-                        // Not a verdict: look again later; nothing is resent meanwhile.
+                    Some(wait) if age < budget => {
+                        // Not a verdict: look again later, without spending a create attempt
+                        // (nothing is sent meanwhile) and still marked as possibly sent.
                         let last = LastError {
                             errcode: e.code(),
                             errmsg: format!(
@@ -343,10 +351,19 @@ impl Worker {
                                 e.message()
                             ),
                         };
-                        self.retry_later(delivery, &last, wait, Some(since)).await;
+                        self.hold_for_list(delivery, &last, wait).await;
                         return None;
                     }
-                    _ => (
+                    Some(_) => (
+                        e.code(),
+                        format!(
+                            "report/list kept failing for {}s, longer than the attempt budget ({}s; last: {})",
+                            age.as_secs(),
+                            budget.as_secs(),
+                            e.message()
+                        ),
+                    ),
+                    None => (
                         e.code(),
                         format!("report/list could not tell ({})", e.message()),
                     ),
@@ -425,19 +442,10 @@ impl Worker {
             // gettoken or getbyname failed for now: the create was not sent, so this is no
             // verdict on the delivery and spends no attempt.
             Disposition::Retry if !create_sent => {
-                // No attempt is spent, so the attempt count cannot grow the backoff: the
-                // delivery's age does (a quarter of it, within initial..max backoff), so a
-                // long gettoken outage is not polled every second.
-                let settings = self.delivery_settings();
                 let age = (Utc::now() - delivery.created_at)
                     .to_std()
                     .unwrap_or_default();
-                let wait = (age / 4)
-                    .clamp(
-                        settings.initial_backoff,
-                        settings.max_backoff.max(settings.initial_backoff),
-                    )
-                    .max(error.min_backoff().unwrap_or_default());
+                let wait = self.age_backoff(age, error.min_backoff());
                 self.defer(delivery, &last, wait).await;
             }
             Disposition::Retry if delivery.attempts < self.delivery_settings().max_attempts => {
@@ -462,10 +470,7 @@ impl Worker {
                     errmsg: format!("ambiguous: {}", last.errmsg),
                     ..last
                 };
-                let at_least = error
-                    .min_backoff()
-                    .unwrap_or_default()
-                    .max(Duration::from_secs(2));
+                let at_least = error.min_backoff().unwrap_or_default().max(AMBIGUOUS_PAUSE);
                 let wait = self.backoff(delivery.attempts, Some(at_least));
                 self.retry_later(delivery, &last, wait, sent_at).await;
             }
@@ -486,6 +491,21 @@ impl Worker {
         self.count(delivery, "deferred");
         if let Err(e) = self.store.defer(&delivery.id, at, last, now).await {
             tracing::error!(error = %e, "could not defer the delivery; its lease will expire");
+        }
+    }
+
+    /// Queues the delivery again in `wait` without spending its attempt and keeping its
+    /// `sending_since`, so the next attempt asks report/list again before any create.
+    async fn hold_for_list(&self, delivery: &Delivery, last: &LastError, wait: Duration) {
+        let now = Utc::now();
+        tracing::warn!(error = %last.errmsg, errcode = ?last.errcode, retry_in = ?wait, "report/list failed for now; will look again");
+        self.count(delivery, "deferred");
+        if let Err(e) = self
+            .store
+            .hold(&delivery.id, later(now, wait), last, now)
+            .await
+        {
+            tracing::error!(error = %e, "could not hold the delivery; its lease will expire");
         }
     }
 
@@ -535,6 +555,35 @@ impl Worker {
             .inc();
     }
 
+    /// The backoff of a retry that spends no attempt, so the attempt count cannot grow it:
+    /// the age of what is retried does (a quarter of it, within initial..max backoff), so a
+    /// long outage is not polled every second; at least what DingTalk asked for.
+    fn age_backoff(&self, age: Duration, at_least: Option<Duration>) -> Duration {
+        let settings = self.delivery_settings();
+        (age / 4)
+            .clamp(
+                settings.initial_backoff,
+                settings.max_backoff.max(settings.initial_backoff),
+            )
+            .max(at_least.unwrap_or_default())
+    }
+
+    /// How long after an unknown create transient report/list errors are retried without
+    /// spending attempts before the delivery is parked as `ambiguous`: the longest its attempt
+    /// budget could have taken — the create's timeout, then `max_attempts` waits of the
+    /// longest backoff (at least the ambiguous pause each). Generous on purpose: waiting
+    /// longer sends nothing, and as the waits grow to `max_backoff` it costs only about
+    /// `max_attempts` report/list calls.
+    fn attempt_budget(&self) -> Duration {
+        let runtime = self.runtime.load();
+        let settings = &runtime.settings;
+        attempt_budget(
+            settings.dingtalk.timeout,
+            settings.delivery.max_backoff.max(AMBIGUOUS_PAUSE),
+            settings.delivery.max_attempts,
+        )
+    }
+
     /// `initial_backoff × 2^(attempt−1)`, capped at `max_backoff`, with ±20 % jitter, and at
     /// least what DingTalk asked for.
     fn backoff(&self, attempt: u32, at_least: Option<Duration>) -> Duration {
@@ -573,9 +622,22 @@ pub fn backoff(
     jittered.max(at_least.unwrap_or_default())
 }
 
+/// `timeout + max_attempts × longest_wait`, saturating (pure, for tests).
+pub fn attempt_budget(timeout: Duration, longest_wait: Duration, max_attempts: u32) -> Duration {
+    timeout.saturating_add(longest_wait.saturating_mul(max_attempts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_attempt_budget_is_the_timeout_and_the_longest_waits() {
+        let s = Duration::from_secs;
+        assert_eq!(attempt_budget(s(10), s(600), 0), s(10));
+        assert_eq!(attempt_budget(s(10), s(600), 4), s(2410));
+        assert_eq!(attempt_budget(s(10), Duration::MAX, 2), Duration::MAX);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

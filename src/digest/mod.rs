@@ -138,6 +138,7 @@ async fn check(
                     id: uuid::Uuid::now_v7().to_string(),
                     route: name.clone(),
                     dedup_key: format!("{name}:digest:{}:{}", period_end.timestamp(), report.group),
+                    body_key: None,
                     draft: report.draft,
                     received_at: queued_at,
                 })

@@ -43,6 +43,8 @@ pub enum Prepared {
         truncated: Vec<String>,
         /// Dedup key.
         dedup_key: String,
+        /// Second dedup key (route + body hash) when `dedup_key` is the source's id.
+        body_key: Option<String>,
     },
     /// An event of a digest route, to keep for the digest of `group`.
     Digest {
@@ -52,6 +54,8 @@ pub enum Prepared {
         group: String,
         /// Dedup key.
         dedup_key: String,
+        /// Second dedup key (route + body hash) when `dedup_key` is the source's id.
+        body_key: Option<String>,
     },
     /// The route deliberately does not report it: why, and why as a bounded label.
     Ignored(String, IgnoreKind),
@@ -93,21 +97,29 @@ pub fn prepare_folding(
     if route.digest.is_some() || (fold && route.quota_digest.is_some()) {
         return match mapper.admit(route_name, &event) {
             Ok(Admitted::Ignored { reason, kind }) => Ok(Prepared::Ignored(reason, kind)),
-            Ok(Admitted::Digest { group }) => Ok(Prepared::Digest {
-                event,
-                group,
-                dedup_key: dedup_key(route_name, route, request),
-            }),
+            Ok(Admitted::Digest { group }) => {
+                let (dedup_key, body_key) = dedup_keys(route_name, route, request);
+                Ok(Prepared::Digest {
+                    event,
+                    group,
+                    dedup_key,
+                    body_key,
+                })
+            }
             Err(e) => Err(ApiError::internal(format!("the route failed: {e}"))),
         };
     }
     match mapper.map(route_name, &event, request.now) {
         Ok(Mapped::Ignored { reason, kind }) => Ok(Prepared::Ignored(reason, kind)),
-        Ok(Mapped::Report { draft, truncated }) => Ok(Prepared::Report {
-            draft,
-            truncated,
-            dedup_key: dedup_key(route_name, route, request),
-        }),
+        Ok(Mapped::Report { draft, truncated }) => {
+            let (dedup_key, body_key) = dedup_keys(route_name, route, request);
+            Ok(Prepared::Report {
+                draft,
+                truncated,
+                dedup_key,
+                body_key,
+            })
+        }
         Err(MappingError::OutOfFuel { route, field }) => Err(ApiError::render_limit(&route, field)),
         Err(e) => {
             tracing::error!(error = %e, "mapping failed");
@@ -118,17 +130,23 @@ pub fn prepare_folding(
     }
 }
 
-/// The source's delivery id when it sends one, else a hash of route + raw body (spec §5).
-fn dedup_key(route_name: &str, route: &RouteSettings, request: &sources::Request<'_>) -> String {
+/// The dedup keys (spec §5): the source's delivery id when it sends one, with the hash of
+/// route + raw body as the second key; else the hash alone. Both are claimed because the id
+/// header is not covered by the signature: a captured webhook replayed with a new id still
+/// has the same body.
+fn dedup_keys(
+    route_name: &str,
+    route: &RouteSettings,
+    request: &sources::Request<'_>,
+) -> (String, Option<String>) {
+    let mut hash = Sha256::new();
+    hash.update(route_name.as_bytes());
+    hash.update([0]);
+    hash.update(request.body);
+    let body_key = format!("{route_name}:sha256:{}", hex::encode(hash.finalize()));
     match sources::delivery_id(route.source, request) {
-        Some(id) => format!("{route_name}:id:{id}"),
-        None => {
-            let mut hash = Sha256::new();
-            hash.update(route_name.as_bytes());
-            hash.update([0]);
-            hash.update(request.body);
-            format!("{route_name}:sha256:{}", hex::encode(hash.finalize()))
-        }
+        Some(id) => (format!("{route_name}:id:{id}"), Some(body_key)),
+        None => (body_key, None),
     }
 }
 
@@ -308,7 +326,7 @@ async fn handle(
     }
     let wait = parse_wait(target.split_once('?').map(|(_, query)| query))?;
     let fold = route.on_quota_low == crate::config::OnQuotaLow::Digest && state.quota.low().await;
-    let (draft, truncated, dedup_key) =
+    let (draft, truncated, dedup_key, body_key) =
         match prepare_folding(settings, &runtime.mapper, route_name, &request, fold)? {
             Prepared::Ignored(reason, kind) => {
                 tracing::info!(reason, "webhook ignored");
@@ -324,17 +342,20 @@ async fn handle(
                 draft,
                 truncated,
                 dedup_key,
-            } => (draft, truncated, dedup_key),
+                body_key,
+            } => (draft, truncated, dedup_key, body_key),
             Prepared::Digest {
                 event,
                 group,
                 dedup_key,
+                body_key,
             } => {
                 let new = NewDigestEvent {
                     id: uuid::Uuid::now_v7().to_string(),
                     route: route_name.to_owned(),
                     group,
                     dedup_key,
+                    body_key,
                     event: crate::digest::keepable(event),
                     received_at: now,
                 };
@@ -345,6 +366,7 @@ async fn handle(
         id: uuid::Uuid::now_v7().to_string(),
         route: route_name.to_owned(),
         dedup_key,
+        body_key,
         draft,
         received_at: now,
     };

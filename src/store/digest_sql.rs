@@ -17,8 +17,9 @@ use super::{ClosedDigest, DigestBuilder, Enqueued, Error, NewDigestEvent, Result
 /// `$p` its n-th parameter, `$lock` what locks selected rows.
 macro_rules! digest_statements {
     ($pool:ty, $conn:ty, $p:expr, $lock:literal) => {
-        /// Claims the event's dedup key (or takes over one older than `window`) and stores the
-        /// event, in one transaction. `Duplicate` carries the first id when the key is taken.
+        /// Claims the event's dedup keys (or takes over ones older than `window`) and stores the
+        /// event, in one transaction. `Duplicate` carries the first id of the first key taken
+        /// (its delivery id's, then its body hash's); nothing is then claimed.
         pub(crate) async fn add_event(
             pool: &$pool,
             new: &NewDigestEvent,
@@ -43,7 +44,11 @@ macro_rules! digest_statements {
                     return Err(Error::Full(before));
                 }
             }
-            tx.commit().await.map_err(unavailable)?;
+            match kept {
+                Enqueued::Queued(_) => tx.commit().await.map_err(unavailable)?,
+                // A duplicate by its second key may have claimed the first: undone.
+                Enqueued::Duplicate(_) => tx.rollback().await.map_err(unavailable)?,
+            }
             Ok(kept)
         }
 
@@ -55,35 +60,42 @@ macro_rules! digest_statements {
             let p: fn(u8) -> String = $p;
             let event = crate::store::stored::encode_event(&new.event).map_err(unavailable)?;
             let now = ms(new.received_at);
-            // A concurrent claim of the same key waits for this transaction, then sees it taken.
-            let claimed: Option<String> = sqlx::query_scalar(&format!(
-                "INSERT INTO dedup (key, delivery_id, created_at) VALUES ({}, {}, {}) \
-                 ON CONFLICT (key) DO UPDATE \
-                   SET delivery_id = excluded.delivery_id, created_at = excluded.created_at \
-                   WHERE dedup.created_at <= {} \
-                 RETURNING delivery_id",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
-            ))
-            .bind(&new.dedup_key)
-            .bind(&new.id)
-            .bind(now)
-            .bind(now.saturating_sub(millis(window)))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            if claimed.is_none() {
-                let first: String = sqlx::query_scalar(&format!(
-                    "SELECT delivery_id FROM dedup WHERE key = {}",
-                    p(1)
+            // Sorted, so concurrent claims lock the keys in one order and cannot deadlock.
+            let mut keys: Vec<&str> = new.dedup_keys().collect();
+            keys.sort_unstable();
+            for key in keys {
+                // A concurrent claim of the same key waits for this transaction, then sees
+                // it taken.
+                let claimed: Option<String> = sqlx::query_scalar(&format!(
+                    "INSERT INTO dedup (key, delivery_id, created_at) VALUES ({}, {}, {}) \
+                     ON CONFLICT (key) DO UPDATE \
+                       SET delivery_id = excluded.delivery_id, created_at = excluded.created_at \
+                       WHERE dedup.created_at <= {} \
+                     RETURNING delivery_id",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4)
                 ))
-                .bind(&new.dedup_key)
-                .fetch_one(&mut *tx)
+                .bind(key)
+                .bind(&new.id)
+                .bind(now)
+                .bind(now.saturating_sub(millis(window)))
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-                return Ok(Enqueued::Duplicate(first));
+                if claimed.is_none() {
+                    // The caller rolls back, giving back a key claimed before this one.
+                    let first: String = sqlx::query_scalar(&format!(
+                        "SELECT delivery_id FROM dedup WHERE key = {}",
+                        p(1)
+                    ))
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                    return Ok(Enqueued::Duplicate(first));
+                }
             }
             sqlx::query(&format!(
                 "INSERT INTO digest_events (id, route, group_key, event, received_at) \

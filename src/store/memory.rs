@@ -25,21 +25,34 @@ struct Inner {
 }
 
 impl Inner {
-    /// The dedup key's first id when it was seen within `window` before `now`.
-    fn seen(&self, key: &str, now: DateTime<Utc>, window: Duration) -> Option<String> {
+    /// The first id of the first of `keys` seen within `window` before `now`.
+    fn seen<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> Option<String> {
         let cutoff = now
             .checked_sub_signed(chrono_duration(window))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        self.dedup
-            .get(key)
-            .filter(|(_, at)| *at > cutoff)
-            .map(|(id, _)| id.clone())
+        keys.into_iter().find_map(|key| {
+            self.dedup
+                .get(key)
+                .filter(|(_, at)| *at > cutoff)
+                .map(|(id, _)| id.clone())
+        })
     }
 
-    /// Stores a new delivery, queued and due at once, with its dedup key.
+    /// Claims `keys` for the delivery or event `id`.
+    fn claim<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>, id: &str, at: DateTime<Utc>) {
+        for key in keys {
+            self.dedup.insert(key.to_owned(), (id.to_owned(), at));
+        }
+    }
+
+    /// Stores a new delivery, queued and due at once, with its dedup keys.
     fn insert(&mut self, new: NewDelivery) {
-        self.dedup
-            .insert(new.dedup_key.clone(), (new.id.clone(), new.received_at));
+        self.claim(new.dedup_keys(), &new.id, new.received_at);
         self.deliveries.insert(
             new.id.clone(),
             Delivery {
@@ -102,7 +115,7 @@ impl Store for MemoryStore {
         max_queued: u64,
     ) -> Result<Enqueued> {
         let mut inner = self.lock();
-        if let Some(id) = inner.seen(&new.dedup_key, new.received_at, dedup_window) {
+        if let Some(id) = inner.seen(new.dedup_keys(), new.received_at, dedup_window) {
             return Ok(Enqueued::Duplicate(id));
         }
         let depth = inner
@@ -312,7 +325,7 @@ impl Store for MemoryStore {
         max_queued: u64,
     ) -> Result<Enqueued> {
         let mut inner = self.lock();
-        if let Some(id) = inner.seen(&new.dedup_key, new.received_at, dedup_window) {
+        if let Some(id) = inner.seen(new.dedup_keys(), new.received_at, dedup_window) {
             return Ok(Enqueued::Duplicate(id));
         }
         let waiting = inner
@@ -324,9 +337,7 @@ impl Store for MemoryStore {
         if waiting as u64 >= max_queued {
             return Err(Error::Full(waiting as u64));
         }
-        inner
-            .dedup
-            .insert(new.dedup_key, (new.id.clone(), new.received_at));
+        inner.claim(new.dedup_keys(), &new.id, new.received_at);
         inner.digest_events.push(DigestEvent {
             id: new.id.clone(),
             route: new.route,

@@ -106,10 +106,21 @@ pub struct NewDelivery {
     pub route: String,
     /// Dedup key (source delivery id, or route + body hash).
     pub dedup_key: String,
+    /// The route + body hash as a second dedup key when `dedup_key` is the source's delivery
+    /// id (`None` when `dedup_key` already is the hash): a webhook is a duplicate when either
+    /// key was seen, so a replay with a new id header is still one (spec §5).
+    pub body_key: Option<String>,
     /// The report to create.
     pub draft: ReportDraft,
     /// When the webhook was accepted.
     pub received_at: DateTime<Utc>,
+}
+
+impl NewDelivery {
+    /// Its dedup keys: `dedup_key`, then `body_key` when there is one.
+    pub fn dedup_keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.dedup_key.as_str()).chain(self.body_key.as_deref())
+    }
 }
 
 /// The last error of a delivery.
@@ -180,10 +191,19 @@ pub struct NewDigestEvent {
     pub group: String,
     /// Dedup key, as for deliveries.
     pub dedup_key: String,
+    /// Second dedup key (route + body hash), as for deliveries.
+    pub body_key: Option<String>,
     /// The event.
     pub event: Event,
     /// When the webhook was accepted.
     pub received_at: DateTime<Utc>,
+}
+
+impl NewDigestEvent {
+    /// Its dedup keys: `dedup_key`, then `body_key` when there is one.
+    pub fn dedup_keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.dedup_key.as_str()).chain(self.body_key.as_deref())
+    }
 }
 
 /// A kept digest event.

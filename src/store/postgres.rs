@@ -192,33 +192,43 @@ const GROUP_DELIVERIES_INSERT: &str = "INSERT INTO deliveries \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
        AS u(id, route, key, at, draft)";
 
+/// Moves claimed dedup keys to the delivery that queued under them (a later webhook of the
+/// group, when the key's first claimant was a duplicate by its other key or refused).
+const GROUP_DEDUP_REASSIGN: &str = "UPDATE dedup SET delivery_id = u.id, created_at = u.at \
+     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(key, id, at) WHERE dedup.key = u.key";
+
 /// Writes a group (all with the same dedup window) in one transaction; the outer error fails
 /// the whole group, the inner results are each webhook's answer, as if the webhooks had been
 /// stored one after the other in arrival order.
+///
+/// Every dedup key of the group (a webhook may have two: its delivery id and its body hash)
+/// is claimed first, which locks the keys taken by others; then the group is decided in
+/// arrival order (a webhook is a duplicate when any of its keys was taken before the group or
+/// by an earlier queued webhook of the group); last, the claimed keys are given to the
+/// webhooks that queued under them and the rest are given back.
 async fn commit_group(
     pool: &PgPool,
     requests: &[EnqueueRequest],
     window: Duration,
     depth_cache: &std::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
 ) -> Result<Vec<Result<Enqueued>>> {
-    // The first webhook of each key claims it; later ones in the group are its duplicates.
-    let mut first: HashMap<&str, usize> = HashMap::with_capacity(requests.len());
+    // Each key is claimed once, for the first webhook of the group that has it.
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(requests.len() * 2);
     for (i, request) in requests.iter().enumerate() {
-        first.entry(request.new.dedup_key.as_str()).or_insert(i);
+        for key in request.new.dedup_keys() {
+            first.entry(key).or_insert(i);
+        }
     }
-    let mut claimants: Vec<usize> = first.values().copied().collect();
-    claimants.sort_by(|a, b| requests[*a].new.dedup_key.cmp(&requests[*b].new.dedup_key));
-    let keys: Vec<&str> = claimants
+    let mut claims: Vec<(&str, usize)> = first.into_iter().collect();
+    claims.sort_unstable();
+    let keys: Vec<&str> = claims.iter().map(|(key, _)| *key).collect();
+    let ids: Vec<&str> = claims
         .iter()
-        .map(|&i| requests[i].new.dedup_key.as_str())
+        .map(|&(_, i)| requests[i].new.id.as_str())
         .collect();
-    let ids: Vec<&str> = claimants
+    let ats: Vec<i64> = claims
         .iter()
-        .map(|&i| requests[i].new.id.as_str())
-        .collect();
-    let ats: Vec<i64> = claimants
-        .iter()
-        .map(|&i| ms(requests[i].new.received_at))
+        .map(|&(_, i)| ms(requests[i].new.received_at))
         .collect();
 
     let mut tx = pool.begin().await.map_err(unavailable)?;
@@ -236,7 +246,9 @@ async fn commit_group(
         .copied()
         .filter(|k| !claimed.contains(*k))
         .collect();
-    let earlier: HashMap<String, String> = if taken.is_empty() {
+    // Key → the delivery it points to: those taken before the group, then (as the group is
+    // decided) those of its queued webhooks.
+    let mut seen: HashMap<String, String> = if taken.is_empty() {
         HashMap::new()
     } else {
         sqlx::query_as("SELECT key, delivery_id FROM dedup WHERE key = ANY($1)")
@@ -247,6 +259,11 @@ async fn commit_group(
             .into_iter()
             .collect()
     };
+    if let Some(vanished) = taken.iter().find(|k| !seen.contains_key(**k)) {
+        return Err(unavailable(format!(
+            "the dedup key {vanished} vanished while locked"
+        )));
+    }
 
     // Committed deliveries only: approximate while other replicas enqueue (module docs).
     let cached = *depth_cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -256,24 +273,11 @@ async fn commit_group(
     };
     let mut recounted = false;
     let mut results = Vec::with_capacity(requests.len());
-    let mut refused = Vec::new();
     let mut new_rows: Vec<&NewDelivery> = Vec::with_capacity(requests.len());
-    for (i, request) in requests.iter().enumerate() {
+    for request in requests {
         let new = &request.new;
-        let claimant = first[new.dedup_key.as_str()];
-        if claimant != i || !claimed.contains(&new.dedup_key) {
-            let first_id = if claimed.contains(&new.dedup_key) {
-                // The first of the key in this group: refused too when it was refused (the
-                // queue is still full), else this is its duplicate.
-                (!refused.contains(&claimant)).then(|| requests[claimant].new.id.clone())
-            } else {
-                earlier.get(&new.dedup_key).cloned()
-            };
-            results.push(match first_id {
-                Some(id) => Ok(Enqueued::Duplicate(id)),
-                None if claimed.contains(&new.dedup_key) => Err(Error::Full(depth)),
-                None => Err(unavailable("a dedup key vanished while locked")),
-            });
+        if let Some(id) = new.dedup_keys().find_map(|key| seen.get(key)) {
+            results.push(Ok(Enqueued::Duplicate(id.clone())));
             continue;
         }
         if depth >= request.max_queued && !recounted {
@@ -281,23 +285,55 @@ async fn commit_group(
             recounted = true;
         }
         if depth >= request.max_queued {
-            refused.push(i);
             results.push(Err(Error::Full(depth)));
             continue;
+        }
+        for key in new.dedup_keys() {
+            seen.insert(key.to_owned(), new.id.clone());
         }
         new_rows.push(new);
         depth += 1;
         results.push(Ok(Enqueued::Queued(new.id.clone())));
     }
-    if !refused.is_empty() {
-        // Give back the keys of refused webhooks (a key taken over from an expired delivery
-        // is simply gone, as the prune would have removed it).
-        let ids: Vec<String> = refused
-            .iter()
-            .map(|&i| requests[i].new.id.clone())
-            .collect();
-        sqlx::query("DELETE FROM dedup WHERE delivery_id = ANY($1)")
-            .bind(&ids)
+    // The claimed keys whose claimant did not queue: given back (a key taken over from an
+    // expired delivery is simply gone, as the prune would have removed it), or moved to the
+    // later webhook of the group that queued under it.
+    let queued_at: HashMap<&str, i64> = new_rows
+        .iter()
+        .map(|n| (n.id.as_str(), ms(n.received_at)))
+        .collect();
+    let mut given_back: Vec<&str> = Vec::new();
+    let mut moved: (Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    for &(key, claimant) in &claims {
+        if !claimed.contains(key) {
+            continue;
+        }
+        // A claimed key is in `seen` only when a webhook of the group queued under it.
+        match seen.get(key) {
+            None => given_back.push(key),
+            Some(owner) if *owner != requests[claimant].new.id => {
+                moved.0.push(key);
+                moved.1.push(owner.as_str());
+                let at = queued_at.get(owner.as_str()).copied();
+                moved
+                    .2
+                    .push(at.ok_or_else(|| unavailable("a queued webhook went missing"))?);
+            }
+            Some(_) => {}
+        }
+    }
+    if !given_back.is_empty() {
+        sqlx::query("DELETE FROM dedup WHERE key = ANY($1)")
+            .bind(&given_back)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    if !moved.0.is_empty() {
+        sqlx::query(GROUP_DEDUP_REASSIGN)
+            .bind(&moved.0)
+            .bind(&moved.1)
+            .bind(&moved.2)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;

@@ -133,6 +133,9 @@ struct GroupRow<'a> {
     id: &'a str,
     route: &'a str,
     key: &'a str,
+    /// The second dedup key, claimed with `key` (omitted when there is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_key: Option<&'a str>,
     at: i64,
     draft: String,
 }
@@ -140,9 +143,11 @@ struct GroupRow<'a> {
 /// Looks up every dedup key of the group at once.
 const GROUP_DEDUP_LOOKUP: &str = "SELECT key, delivery_id, created_at FROM dedup \
      WHERE key IN (SELECT value FROM json_each(?1))";
-/// Claims the dedup keys of the group's new deliveries.
+/// Claims the dedup keys (both, when a row has a `body_key`) of the group's new deliveries.
 const GROUP_DEDUP_INSERT: &str = "INSERT OR REPLACE INTO dedup (key, delivery_id, created_at) \
-     SELECT value ->> 'key', value ->> 'id', value ->> 'at' FROM json_each(?1)";
+     SELECT value ->> 'key', value ->> 'id', value ->> 'at' FROM json_each(?1) \
+     UNION ALL SELECT value ->> 'body_key', value ->> 'id', value ->> 'at' FROM json_each(?1) \
+       WHERE value ->> 'body_key' IS NOT NULL";
 /// Inserts the group's new deliveries.
 const GROUP_DELIVERIES_INSERT: &str = "INSERT INTO deliveries \
      (id, route, dedup_key, state, attempts, next_attempt_at, draft, created_at, updated_at) \
@@ -159,7 +164,7 @@ async fn commit_group(
     requests: &[EnqueueRequest],
     cache: &mut DepthCache,
 ) -> Result<Vec<Result<Enqueued>>> {
-    let keys: Vec<&str> = requests.iter().map(|r| r.new.dedup_key.as_str()).collect();
+    let keys: Vec<&str> = requests.iter().flat_map(|r| r.new.dedup_keys()).collect();
     let keys = serde_json::to_string(&keys).map_err(unavailable)?;
     let mut tx = writer.begin().await.map_err(unavailable)?;
     let seen: Vec<(String, String, i64)> = sqlx::query_as(GROUP_DEDUP_LOOKUP)
@@ -179,8 +184,11 @@ async fn commit_group(
     for request in requests {
         let new = &request.new;
         let now = ms(new.received_at);
-        if let Some((id, at)) = seen.get(&new.dedup_key)
-            && *at > now - millis(request.dedup_window)
+        let cutoff = now - millis(request.dedup_window);
+        if let Some(id) = new
+            .dedup_keys()
+            .find_map(|key| seen.get(key).filter(|(_, at)| *at > cutoff))
+            .map(|(id, _)| id)
         {
             results.push(Ok(Enqueued::Duplicate(id.clone())));
             continue;
@@ -202,11 +210,14 @@ async fn commit_group(
                 continue;
             }
         };
-        seen.insert(new.dedup_key.clone(), (new.id.clone(), now));
+        for key in new.dedup_keys() {
+            seen.insert(key.to_owned(), (new.id.clone(), now));
+        }
         rows.push(GroupRow {
             id: &new.id,
             route: &new.route,
             key: &new.dedup_key,
+            body_key: new.body_key.as_deref(),
             at: now,
             draft,
         });
@@ -741,6 +752,7 @@ mod tests {
             id: format!("d{n}"),
             route: "ci".to_owned(),
             dedup_key: format!("key-{n}"),
+            body_key: None,
             draft: ReportDraft {
                 app: "default".to_owned(),
                 template: TemplateSettings {

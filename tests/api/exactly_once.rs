@@ -302,11 +302,46 @@ async fn transient_list_errors_are_not_verdicts() {
     app.fake.push_list_fault(Fault::Wrapped("90018".to_owned()));
     // Act
     let id = app.accept(&job_status()).await;
-    // Assert: looked again until report/list answered, then sent once more.
-    app.wait_for_state(&id, "delivered").await;
+    // Assert: looked again until report/list answered, then sent once more; the three
+    // failed lookups spent no attempt (only the two creates did).
+    let delivery = app.wait_for_state(&id, "delivered").await;
     assert_eq!(app.fake.create_calls(), 2);
     assert_eq!(app.fake.reports().len(), 1);
     assert!(app.fake.list_calls() >= 4, "{}", app.fake.list_calls());
+    assert_eq!(delivery["attempts"], 2, "{delivery}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn report_list_failing_past_the_attempt_budget_parks_the_delivery_as_ambiguous() {
+    // Arrange: the create's answer is lost and report/list never answers. The budget is the
+    // create's timeout (1 s) plus two of the longest waits (the 2 s ambiguous pause): 5 s.
+    let app = spawn_app_with(TestConfig {
+        timeout: "1s",
+        max_attempts: 2,
+        ..TestConfig::default()
+    })
+    .await;
+    app.fake
+        .push_create_fault(Fault::HangWithoutCommit(Duration::from_millis(1500)));
+    for _ in 0..200 {
+        app.fake.push_list_fault(Fault::Http(503));
+    }
+    // Act
+    let id = app.accept(&job_status()).await;
+    // Assert: held without spending attempts until the budget ran out, never resent.
+    let delivery = app.wait_for_state(&id, "failed").await;
+    assert_eq!(app.fake.create_calls(), 1);
+    assert!(app.fake.reports().is_empty());
+    // Two attempts: the create and the claim that parked it; the many lookups between them
+    // (each its own claim) spent none.
+    assert_eq!(delivery["attempts"], 2, "{delivery}");
+    assert!(app.fake.list_calls() >= 5, "{}", app.fake.list_calls());
+    let errmsg = delivery["last_error"]["errmsg"].as_str().unwrap();
+    assert!(
+        errmsg.starts_with("ambiguous: ") && errmsg.contains("longer than the attempt budget"),
+        "{errmsg}"
+    );
     app.stop().await;
 }
 

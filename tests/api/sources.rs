@@ -345,6 +345,54 @@ async fn a_redelivery_with_the_same_delivery_id_is_a_duplicate() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_signed_webhook_replayed_with_a_new_delivery_id_is_a_duplicate() {
+    let app = spawn_app_with(app_config()).await;
+    let (route, body, headers) = deliveries().remove(0);
+    assert_eq!(route, "github");
+    let first = post(&app, route, body.clone(), &headers).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let first_id = first["delivery_id"].as_str().unwrap().to_owned();
+    // A captured webhook: same body and signature, a new X-GitHub-Delivery (not signed).
+    let replayed: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "x-github-delivery" => (k.clone(), "0b5e7c2a-0000-4000-8000-00000000beef".to_owned()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    assert_ne!(replayed, headers);
+    let again = post(&app, route, body, &replayed).await;
+    assert_eq!(again.status(), 200);
+    let answer: Value = again.json().await.unwrap();
+    assert_eq!(answer["status"], "duplicate", "{answer}");
+    assert_eq!(answer["delivery_id"], first_id.as_str(), "{answer}");
+    // Another real event with its own id still makes its report.
+    let other = corpus("github/workflow_run.completed.with-pull-requests.payload.json");
+    let other_headers = vec![
+        ("x-github-event".to_owned(), "workflow_run".to_owned()),
+        (
+            "x-github-delivery".to_owned(),
+            "0b5e7c2a-0000-4000-8000-00000000cafe".to_owned(),
+        ),
+        (
+            "x-hub-signature-256".to_owned(),
+            sign_sha256(SECRET, &other),
+        ),
+    ];
+    let other = post(&app, route, other, &other_headers).await;
+    assert_eq!(other.status(), 202);
+    let other: Value = other.json().await.unwrap();
+    let other_id = other["delivery_id"].as_str().unwrap().to_owned();
+    app.wait_for_state(&first_id, "delivered").await;
+    app.wait_for_state(&other_id, "delivered").await;
+    assert_eq!(app.fake.reports().len(), 2, "one report per real event");
+    let stored: Value = app.get_admin("/v1/deliveries").await.json().await.unwrap();
+    assert_eq!(stored["deliveries"].as_array().unwrap().len(), 2);
+    app.stop().await;
+}
+
 #[test]
 fn render_shows_the_report_of_every_ci_system() {
     let dir = tempfile::tempdir().unwrap();

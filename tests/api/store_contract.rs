@@ -128,6 +128,12 @@ contract!(
     quota_exhaustion_is_kept_per_month_first_report_wins,
     kept_templates_expire,
     hold_keeps_sending_since_and_the_attempt_uncounted,
+    either_dedup_key_seen_is_a_duplicate,
+    both_dedup_keys_are_free_after_the_window,
+    prune_removes_both_dedup_keys,
+    replays_in_one_group_queue_once,
+    overlapping_keys_in_one_group_decide_as_in_arrival_order,
+    digest_event_replay_is_a_duplicate,
 );
 
 contract!(
@@ -179,8 +185,17 @@ fn new(id: &str, key: &str, at: DateTime<Utc>) -> NewDelivery {
         id: id.to_owned(),
         route: "ci".to_owned(),
         dedup_key: key.to_owned(),
+        body_key: None,
         draft: draft(),
         received_at: at,
+    }
+}
+
+/// A delivery with a delivery-id key and a body-hash key.
+fn new2(id: &str, key: &str, body: &str, at: DateTime<Utc>) -> NewDelivery {
+    NewDelivery {
+        body_key: Some(body.to_owned()),
+        ..new(id, key, at)
     }
 }
 
@@ -823,6 +838,7 @@ fn digest_event(id: &str, route: &str, at: DateTime<Utc>) -> NewDigestEvent {
         route: route.to_owned(),
         group: format!("group-{}", id.len() % 2),
         dedup_key: format!("{route}:key-{id}"),
+        body_key: None,
         event: Event::Standup(Standup {
             user: Some("octocat".to_owned()),
             done: vec![format!("item {id}")],
@@ -1178,4 +1194,261 @@ async fn hold_keeps_sending_since_and_the_attempt_uncounted(store: Arc<dyn Store
     let again = store.claim(until, 1, HOUR).await.expect("claim");
     assert_eq!(ids(&again), ["d1"]);
     assert_eq!(again[0].sending_since, Some(t0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two dedup keys: the delivery id and the body hash (a replay with a new id is a duplicate)
+
+async fn enqueue(store: &Arc<dyn Store>, new: NewDelivery) -> Enqueued {
+    store.enqueue(new, WINDOW, ROOMY).await.expect("enqueue")
+}
+
+async fn either_dedup_key_seen_is_a_duplicate(store: Arc<dyn Store>) {
+    let t = t0();
+    let queued = |id: &str| Enqueued::Queued(id.to_owned());
+    let duplicate = |id: &str| Enqueued::Duplicate(id.to_owned());
+    assert_eq!(
+        enqueue(&store, new2("d1", "id-a", "body-x", t)).await,
+        queued("d1")
+    );
+    // A replay: new id, same body.
+    let replay = new2("d2", "id-b", "body-x", t + secs(1));
+    assert_eq!(enqueue(&store, replay).await, duplicate("d1"));
+    // A redelivery: same id, another body.
+    let redelivery = new2("d3", "id-a", "body-y", t + secs(2));
+    assert_eq!(enqueue(&store, redelivery).await, duplicate("d1"));
+    // Both keys unseen.
+    let fresh = new2("d4", "id-c", "body-z", t + secs(3));
+    assert_eq!(enqueue(&store, fresh).await, queued("d4"));
+    // A duplicate claims neither of its keys: d2's id and d3's body are still free.
+    let reuse = new2("d5", "id-b", "body-y", t + secs(4));
+    assert_eq!(enqueue(&store, reuse).await, queued("d5"));
+    // The body key meets a hash-only key (a source without delivery ids) and back.
+    assert_eq!(
+        enqueue(&store, new("d6", "body-v", t + secs(5))).await,
+        queued("d6")
+    );
+    let replay = new2("d7", "id-e", "body-v", t + secs(6));
+    assert_eq!(enqueue(&store, replay).await, duplicate("d6"));
+    assert_eq!(
+        enqueue(&store, new("d8", "body-z", t + secs(7))).await,
+        duplicate("d4")
+    );
+    for id in ["d2", "d3", "d7", "d8"] {
+        assert_eq!(store.get(id).await.expect("get"), None, "{id}");
+    }
+    assert_eq!(get(&store, "d1").await.dedup_key, "id-a");
+    assert_eq!(store.stats().await.expect("stats").depth, 4);
+}
+
+async fn both_dedup_keys_are_free_after_the_window(store: Arc<dyn Store>) {
+    let t = t0();
+    assert_eq!(
+        enqueue(&store, new2("d1", "id-a", "body-x", t)).await,
+        Enqueued::Queued("d1".to_owned())
+    );
+    let just_inside = new2("d2", "id-b", "body-x", t + secs(59));
+    assert_eq!(
+        enqueue(&store, just_inside).await,
+        Enqueued::Duplicate("d1".to_owned())
+    );
+    // Exactly one window later both keys are free again…
+    let t1 = t + secs(60);
+    assert_eq!(
+        enqueue(&store, new2("d3", "id-b", "body-x", t1)).await,
+        Enqueued::Queued("d3".to_owned())
+    );
+    assert_eq!(
+        enqueue(&store, new2("d4", "id-a", "body-y", t1)).await,
+        Enqueued::Queued("d4".to_owned())
+    );
+    // …and now point to the new deliveries.
+    let replay = new2("d5", "id-c", "body-x", t1 + secs(1));
+    assert_eq!(
+        enqueue(&store, replay).await,
+        Enqueued::Duplicate("d3".to_owned())
+    );
+    let redelivery = new2("d6", "id-a", "body-w", t1 + secs(1));
+    assert_eq!(
+        enqueue(&store, redelivery).await,
+        Enqueued::Duplicate("d4".to_owned())
+    );
+}
+
+async fn prune_removes_both_dedup_keys(store: Arc<dyn Store>) {
+    let t = t0();
+    assert_eq!(
+        enqueue(&store, new2("d1", "id-a", "body-x", t)).await,
+        Enqueued::Queued("d1".to_owned())
+    );
+    // The queued delivery stays; its two keys go.
+    assert_eq!(store.prune(t + secs(1)).await.expect("prune"), 2);
+    let long = Duration::from_secs(86_400);
+    for (id, key, body) in [("d2", "id-b", "body-x"), ("d3", "id-a", "body-y")] {
+        let outcome = store
+            .enqueue(new2(id, key, body, t + secs(2)), long, ROOMY)
+            .await
+            .expect("enqueue");
+        assert_eq!(outcome, Enqueued::Queued(id.to_owned()));
+    }
+}
+
+/// Runs `news` as concurrent enqueues (so the SQL stores commit them in one group or a few).
+async fn enqueue_together(store: &Arc<dyn Store>, news: Vec<NewDelivery>) -> Vec<Enqueued> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(news.len()));
+    let tasks: Vec<_> = news
+        .into_iter()
+        .map(|new| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.enqueue(new, WINDOW, ROOMY).await.expect("enqueue")
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task"));
+    }
+    outcomes
+}
+
+async fn replays_in_one_group_queue_once(store: Arc<dyn Store>) {
+    let t = t0();
+    let news = (0..8)
+        .map(|i| new2(&format!("d{i}"), &format!("id-{i}"), "body", t))
+        .collect();
+    let outcomes = enqueue_together(&store, news).await;
+    let queued: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Enqueued::Queued(id) => Some(id),
+            Enqueued::Duplicate(_) => None,
+        })
+        .collect();
+    assert_eq!(queued.len(), 1, "{outcomes:?}");
+    let first = queued[0].clone();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| *o == Enqueued::Queued(first.clone())
+                || *o == Enqueued::Duplicate(first.clone())),
+        "{outcomes:?}"
+    );
+    assert_eq!(store.stats().await.expect("stats").depth, 1);
+    // The duplicates claimed nothing: their ids are free; the body points to the first.
+    for i in 0..8 {
+        let id = format!("d{i}");
+        let probe = new2(&format!("p{i}"), &format!("id-{i}"), &format!("b{i}"), t);
+        let expected = if id == first {
+            Enqueued::Duplicate(first.clone())
+        } else {
+            Enqueued::Queued(format!("p{i}"))
+        };
+        assert_eq!(enqueue(&store, probe).await, expected, "{id}");
+    }
+    let probe = new2("q", "id-q", "body", t + secs(1));
+    assert_eq!(enqueue(&store, probe).await, Enqueued::Duplicate(first));
+}
+
+async fn overlapping_keys_in_one_group_decide_as_in_arrival_order(store: Arc<dyn Store>) {
+    let t = t0();
+    // Ids and bodies shared in a pattern: whatever the order, the outcome must be that of
+    // some sequential order.
+    let keys = |i: usize| (format!("id-{}", i % 3), format!("body-{}", i % 4));
+    let news = (0..12)
+        .map(|i| {
+            let (key, body) = keys(i);
+            new2(&format!("d{i:02}"), &key, &body, t)
+        })
+        .collect();
+    let outcomes = enqueue_together(&store, news).await;
+    let mut owner: std::collections::HashMap<String, String> = Default::default();
+    let mut queued = HashSet::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if let Enqueued::Queued(id) = outcome {
+            assert_eq!(*id, format!("d{i:02}"));
+            queued.insert(id.clone());
+            let (key, body) = keys(i);
+            for key in [key, body] {
+                let earlier = owner.insert(key.clone(), id.clone());
+                assert_eq!(earlier, None, "{key} queued twice: {outcomes:?}");
+            }
+        }
+    }
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if let Enqueued::Duplicate(first) = outcome {
+            let (key, body) = keys(i);
+            assert!(
+                owner.get(&key) == Some(first) || owner.get(&body) == Some(first),
+                "d{i:02} is a duplicate of {first}, which does not own its keys: {outcomes:?}"
+            );
+        }
+    }
+    assert_eq!(
+        store.stats().await.expect("stats").depth,
+        queued.len() as u64
+    );
+    // Every key points to its owner or, when nobody queued under it, is free.
+    let mut probes = 0;
+    for key in (0..3)
+        .map(|i| format!("id-{i}"))
+        .chain((0..4).map(|i| format!("body-{i}")))
+    {
+        probes += 1;
+        let probe_id = format!("p{probes}");
+        let probe = new2(
+            &probe_id,
+            &key,
+            &format!("probe-body-{probes}"),
+            t + secs(1),
+        );
+        let expected = match owner.get(&key) {
+            Some(id) => Enqueued::Duplicate(id.clone()),
+            None => Enqueued::Queued(probe_id),
+        };
+        assert_eq!(
+            enqueue(&store, probe).await,
+            expected,
+            "{key}: {outcomes:?}"
+        );
+    }
+}
+
+async fn digest_event_replay_is_a_duplicate(store: Arc<dyn Store>) {
+    let t = t0();
+    let event = |id: &str, key: &str, body: &str, at| NewDigestEvent {
+        dedup_key: key.to_owned(),
+        body_key: Some(body.to_owned()),
+        ..digest_event(id, "daily", at)
+    };
+    let add = |new: NewDigestEvent| {
+        let store = store.clone();
+        async move {
+            store
+                .add_digest_event(new, WINDOW, ROOMY)
+                .await
+                .expect("add_digest_event")
+        }
+    };
+    let first = event("e1", "daily:id:1", "daily:sha256:1", t);
+    assert_eq!(add(first).await, Enqueued::Queued("e1".to_owned()));
+    // A replay: its id key is claimed first (it sorts first), then its body is found taken.
+    let replay = event("e2", "daily:id:2", "daily:sha256:1", t + secs(1));
+    assert_eq!(add(replay).await, Enqueued::Duplicate("e1".to_owned()));
+    let redelivery = event("e3", "daily:id:1", "daily:sha256:3", t + secs(2));
+    assert_eq!(add(redelivery).await, Enqueued::Duplicate("e1".to_owned()));
+    // The replay's id was not kept claimed.
+    let fresh = event("e4", "daily:id:2", "daily:sha256:4", t + secs(3));
+    assert_eq!(add(fresh).await, Enqueued::Queued("e4".to_owned()));
+    // Keys are shared with deliveries.
+    let delivery = new2("d1", "daily:id:9", "daily:sha256:4", t + secs(4));
+    assert_eq!(
+        enqueue(&store, delivery).await,
+        Enqueued::Duplicate("e4".to_owned())
+    );
+    let kept = store.digest_events("daily").await.expect("digest_events");
+    let ids: Vec<&str> = kept.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, vec!["e1", "e4"]);
 }

@@ -52,6 +52,7 @@ fn delivery(n: usize) -> NewDelivery {
     let id = format!("{n:08}-{}", uuid::Uuid::now_v7());
     NewDelivery {
         dedup_key: format!("key-{id}"),
+        body_key: None,
         id,
         route: "ci".to_owned(),
         draft: big_draft(3000),
