@@ -818,7 +818,7 @@ fn delivered_schema() -> Value {
         "additionalProperties": false,
         "properties": {
             "status": {"type": "string", "enum": ["delivered"]},
-            "report_id": {"type": "string", "description": "DingTalk's report id."},
+            "report_id": {"type": "string", "nullable": true, "description": "DingTalk's report id; null for a report DingTalk created (errcode 0) without giving a usable id."},
             "delivery_id": delivery_id_schema(),
         },
     })

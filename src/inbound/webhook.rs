@@ -562,6 +562,8 @@ async fn wait_for(
     state.delivery.unsubscribe(id);
     match outcome {
         Some(Outcome::Delivered(report_id)) => {
+            // DingTalk may say errcode 0 without a usable id: unknown, as the admin API says.
+            let report_id = (!report_id.is_empty()).then_some(report_id);
             let answer =
                 Json(json!({"status": "delivered", "report_id": report_id, "delivery_id": id}));
             (StatusCode::CREATED, answer).into_response()

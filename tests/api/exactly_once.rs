@@ -99,6 +99,22 @@ async fn a_success_without_an_id_is_delivered_with_the_id_unknown() {
 }
 
 #[tokio::test]
+async fn a_waiting_sender_of_a_success_without_an_id_is_told_the_id_is_unknown() {
+    // Arrange
+    let app = spawn_app().await;
+    app.fake.push_create_fault(Fault::CommitWithoutResult);
+    // Act
+    let response = app.post_hook("ci?wait=10", &job_status()).await;
+    // Assert: 201 delivered with report_id null (not an empty string), made once.
+    assert_eq!(response.status(), 201);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["status"], "delivered", "{answer}");
+    assert_eq!(answer["report_id"], Value::Null, "{answer}");
+    assert_eq!(app.fake.create_calls(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn paging_follows_opaque_cursors_to_the_last_page() {
     // Arrange: the author already has 45 reports in the window (three pages of 20), and
     // the fake's cursors shrink from page to page.
