@@ -92,6 +92,27 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Back to the queue until `at` without spending the attempt, noting why: `defer` forgets
+    /// `sending_since`, `hold` keeps it (`keep_sending_since`).
+    fn requeue(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+        keep_sending_since: bool,
+    ) {
+        self.update(id, now, |d| {
+            d.state = State::Queued;
+            d.attempts = d.attempts.saturating_sub(1);
+            d.next_attempt_at = Some(at);
+            d.last_error = Some(error.clone());
+            if !keep_sending_since {
+                d.sending_since = None;
+            }
+        });
+    }
+
     fn update(&self, id: &str, now: DateTime<Utc>, f: impl FnOnce(&mut Delivery)) {
         let mut inner = self.lock();
         inner.lease_until.remove(id);
@@ -210,13 +231,7 @@ impl Store for MemoryStore {
         error: &LastError,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        self.update(id, now, |d| {
-            d.state = State::Queued;
-            d.attempts = d.attempts.saturating_sub(1);
-            d.next_attempt_at = Some(at);
-            d.last_error = Some(error.clone());
-            d.sending_since = None;
-        });
+        self.requeue(id, at, error, now, false);
         Ok(())
     }
 
@@ -431,12 +446,7 @@ impl Store for MemoryStore {
         reason: &LastError,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        self.update(id, now, |d| {
-            d.state = State::Queued;
-            d.attempts = d.attempts.saturating_sub(1);
-            d.next_attempt_at = Some(at);
-            d.last_error = Some(reason.clone());
-        });
+        self.requeue(id, at, reason, now, true);
         Ok(())
     }
 }

@@ -382,6 +382,36 @@ async fn count_depth(
 }
 
 impl PostgresStore {
+    /// Back to the queue until `at` without spending the attempt, noting why: [`Store::defer`]
+    /// forgets `sending_since`, [`Store::hold`] keeps it (`keep_sending_since`).
+    async fn requeue(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+        keep_sending_since: bool,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
+             next_attempt_at = $1, last_errcode = $2, last_errmsg = $3, \
+             sending_since = CASE WHEN $4 THEN sending_since ELSE NULL END, \
+             lease_until = NULL, updated_at = $5 WHERE id = $6",
+        )
+        .bind(ms(at))
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(keep_sending_since)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+impl PostgresStore {
     /// Connects to the database at `url` and applies the migrations.
     pub async fn open(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url).map_err(|e| open_error(url, "parsing", e))?;
@@ -531,20 +561,7 @@ impl Store for PostgresStore {
         error: &LastError,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
-             next_attempt_at = $1, last_errcode = $2, last_errmsg = $3, sending_since = NULL, \
-             lease_until = NULL, updated_at = $4 WHERE id = $5",
-        )
-        .bind(ms(at))
-        .bind(error.errcode)
-        .bind(&error.errmsg)
-        .bind(ms(now))
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        self.requeue(id, at, error, now, false).await
     }
 
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
@@ -736,20 +753,7 @@ impl Store for PostgresStore {
         reason: &LastError,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
-             next_attempt_at = $1, last_errcode = $2, last_errmsg = $3, \
-             lease_until = NULL, updated_at = $4 WHERE id = $5",
-        )
-        .bind(ms(at))
-        .bind(reason.errcode)
-        .bind(&reason.errmsg)
-        .bind(ms(now))
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        self.requeue(id, at, reason, now, true).await
     }
 
     fn quota(&self) -> Arc<dyn super::QuotaStore> {

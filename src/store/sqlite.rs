@@ -240,6 +240,36 @@ async fn commit_group(
 }
 
 impl SqliteStore {
+    /// Back to the queue until `at` without spending the attempt, noting why: [`Store::defer`]
+    /// forgets `sending_since`, [`Store::hold`] keeps it (`keep_sending_since`).
+    async fn requeue(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+        keep_sending_since: bool,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', attempts = MAX(attempts - 1, 0), \
+             next_attempt_at = ?, last_errcode = ?, last_errmsg = ?, \
+             sending_since = CASE WHEN ? THEN sending_since ELSE NULL END, \
+             lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(error.errcode)
+        .bind(&error.errmsg)
+        .bind(keep_sending_since)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies the migrations, with no
     /// free-space floor.
     pub async fn open(path: &str) -> Result<Self> {
@@ -488,20 +518,7 @@ impl Store for SqliteStore {
         error: &LastError,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'queued', attempts = MAX(attempts - 1, 0), \
-             next_attempt_at = ?, last_errcode = ?, last_errmsg = ?, sending_since = NULL, \
-             lease_until = NULL, updated_at = ? WHERE id = ?",
-        )
-        .bind(ms(at))
-        .bind(error.errcode)
-        .bind(&error.errmsg)
-        .bind(ms(now))
-        .bind(id)
-        .execute(&self.writer)
-        .await
-        .map_err(|e| self.write_error(e))?;
-        Ok(())
+        self.requeue(id, at, error, now, false).await
     }
 
     async fn mark_failed(&self, id: &str, error: &LastError, now: DateTime<Utc>) -> Result<()> {
@@ -717,20 +734,7 @@ impl Store for SqliteStore {
         reason: &LastError,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'queued', attempts = MAX(attempts - 1, 0), \
-             next_attempt_at = ?, last_errcode = ?, last_errmsg = ?, \
-             lease_until = NULL, updated_at = ? WHERE id = ?",
-        )
-        .bind(ms(at))
-        .bind(reason.errcode)
-        .bind(&reason.errmsg)
-        .bind(ms(now))
-        .bind(id)
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        self.requeue(id, at, reason, now, true).await
     }
 
     fn quota(&self) -> std::sync::Arc<dyn super::QuotaStore> {
